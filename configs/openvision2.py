@@ -1,17 +1,22 @@
-r"""OpenVision 2 at the published sizes and hyperparameters (BRIEF.md section 2).
+r"""OpenVision 2 at the published sizes and hyperparameters (BRIEF.md section 2):
+the whole CLIPA-style curriculum in one run, low-resolution pre-training then a
+short high-resolution fine-tune.
 
-  python -m openvision2.train --config=configs/openvision2.py:L/14,stage=pretrain \
-      --workdir=gs://bucket/ov2-L14-84 --config.data.path=gs://bucket/recap-v2/train-*
+  python -m openvision2.train --config=configs/openvision2.py:L/14 \
+      --workdir=gs://bucket/ov2-L14 --config.data.path=gs://bucket/recap-v2/train-*
 
 Arguments (`variant,key=value,...`):
 - variant: encoder size, e.g. `L/14`, `So400m/14`, `B/16`, `g/14`.
-- stage: `pretrain` (84 px for /14, 12.8B samples at batch 32,768) or
-  `finetune` (224 px, 1.02B samples at batch 16,384).
-- res / batch / samples: override the stage's resolution, global batch, samples seen.
-- runlocal: shrink everything (tiny steps, batch 8, shapes data) for a smoke run.
+- stage: `all` (default: pretrain then finetune), or `pretrain` / `finetune`
+  alone (e.g. to fine-tune at another resolution from a pre-trained run's
+  checkpoint, or to launch the stages as separate jobs).
+- res / batch / samples: override the fine-tune's (or the single stage's)
+  resolution, global batch, samples seen.
+- runlocal: shrink everything (tiny model, a few steps, shapes data) for a smoke run.
 
-This file gives one stage per run; the two-stage curriculum in one command is
-built on these numbers.
+Every stage field can be overridden on the command line, e.g.
+`--config.stages.finetune.image_size=336 --config.stages.pretrain.steps=1000`;
+`total_steps` follows the stages' steps.
 """
 
 from openvision2 import config as config_lib
@@ -26,15 +31,25 @@ STAGES = {
 }
 
 
+def _stage(name: str, variant: str, res: int = 0, batch: int = 0, samples: float = 0.0):
+    """The public numbers for one stage as a config stage (res adapted to the patch size)."""
+    pub_res, pub_samples, pub_batch, lr, warmup = STAGES[name]
+    patch = config_lib.encoder_size(variant).patch
+    if not res:
+        res = pub_res // 14 * patch if patch != 14 else pub_res  # same token grid for other patch sizes
+    batch = batch or pub_batch
+    steps = int((samples or pub_samples) // batch)
+    return config_lib.stage(steps, image_size=res, batch_size=batch, keep_ratio=0.35,
+                            optim={"lr": lr, "warmup_steps": warmup},
+                            data={"caption_field": "re_caption"})
+
+
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, variant="L/14", stage="pretrain", res=0, batch=0, samples=0.0, runlocal=False)
-    res, samples, batch, lr, warmup = STAGES[a.stage]
-    patch = config_lib.encoder_size(a.variant).patch
-    if not a.res and patch != 14:
-        res = res // 14 * patch  # same token grid for other patch sizes (e.g. 96 / 256 px for /16)
-    res = a.res or res
-    batch = a.batch or batch
-    samples = a.samples or samples
+    a = config_lib.parse_arg(arg, variant="L/14", stage="all", res=0, batch=0, samples=0.0, runlocal=False)
+    if a.stage not in ("all", *STAGES):
+        raise ValueError(f"stage={a.stage!r}: choose all, pretrain or finetune.")
+    names = list(STAGES) if a.stage == "all" else [a.stage]
+    last = names[-1]
 
     c = config_lib.base_config()
     c.objective = "captioning"
@@ -43,17 +58,12 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat_policy = "dots_no_batch"
-    c.image_size = res
-    c.batch_size = batch
-    c.total_steps = int(samples // batch)
     c.keep_ratio = 0.35
     c.caption_loss_weight = 2.0
     c.text.vocab = "bert_base_uncased"
     c.text.max_len = 128
     c.model.vocab_size = 32_000
 
-    c.optim.lr = lr
-    c.optim.warmup_steps = warmup
     c.optim.b1, c.optim.b2 = 0.9, 0.95
     c.optim.weight_decay = 0.2
     c.optim.mu_dtype = "bfloat16"
@@ -68,18 +78,16 @@ def get_config(arg=None):
     c.checkpoint_every = 2_000
     c.eval_every = 0
 
+    stages = {n: _stage(n, a.variant, *((a.res, a.batch, a.samples) if n == last else ())) for n in names}
     if a.runlocal:
         c.model.encoder = "mu/8"
         c.model.decoder = "mu"
         c.model.dtype = "float32"
         c.model.remat_policy = "none"
-        c.image_size = 32
-        c.batch_size = 8
-        c.total_steps = 20
-        c.optim.warmup_steps = 5
         c.optim.mu_dtype = ""
-        c.text.max_len = 32
-        c.data.caption_field = "caption"
+        c.text.vocab = "shapes"
+        c.text.max_len = 16
+        c.model.vocab_size = 32
         c.data.augment = "none"
         c.data.workers = 0
         c.data.shapes.image_size = 32
@@ -89,4 +97,16 @@ def get_config(arg=None):
         c.mesh.data, c.mesh.fsdp = -1, 1
         c.log_every = 5
         c.checkpoint_every = 10
+        for n, st in stages.items():
+            st.steps = 10
+            st.image_size = 16 if n == "pretrain" and len(stages) > 1 else 32
+            st.batch_size = 8
+            st.optim.warmup_steps = 2
+            st.data.caption_field = "caption"
+    # Top-level fields mirror the first stage (what a single-stage tool reads).
+    first = stages[names[0]]
+    c.image_size, c.batch_size = first.image_size, first.batch_size
+    c.data.caption_field = first.data.caption_field
+    c.optim.lr, c.optim.warmup_steps = first.optim.lr, first.optim.warmup_steps
+    config_lib.set_stages(c, **stages)
     return c

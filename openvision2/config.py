@@ -218,6 +218,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_every = 0
     c.async_checkpoints = True
 
+    # Curriculum (see stages.py): named stages of overrides run in `stage_order`;
+    # empty = one stage defined by the top-level keys.
+    c.stages = ml_collections.ConfigDict()
+    c.stage_order = ""
+
     c.mesh = ml_collections.ConfigDict({"dcn_data": 1, "data": -1, "fsdp": 1, "tensor": 1})
     c.sharding_rules = "fsdp_tensor"  # preset name (dp | fsdp | fsdp_tensor) or (logical, mesh axes) pairs
 
@@ -251,6 +256,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.2
     c.optim.grad_clip = 0.0
     c.optim.mu_dtype = ""  # "" = param dtype; "bfloat16" as in the public recipe
+    # Regexes over parameter paths like "encoder/block_0/q/kernel" (see optim.py).
+    c.optim.trainable = ""  # "" = everything trains; else only matching parameters
+    c.optim.frozen = ""  # matching parameters are frozen
+    c.optim.lr_mults = ""  # "regex=mult,...": first match scales that parameter's LR
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # "" = the synthetic shapes data
@@ -275,6 +284,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shapes = ml_collections.ConfigDict(
         {"num_train": 30_000, "num_eval": 512, "seed": 1, "eval_seed": 2, "image_size": 64, "dir": ""})
     return c
+
+
+def stage(steps: int, **overrides) -> ml_collections.ConfigDict:
+    """One curriculum stage: `stage(1000, image_size=32, optim={"lr": 1e-3})`."""
+    return ml_collections.ConfigDict({"steps": steps, **overrides})
+
+
+def set_stages(c: ml_collections.ConfigDict, **named: ml_collections.ConfigDict) -> None:
+    """Installs stages in the order given; `total_steps` becomes their sum and
+    follows later overrides of any stage's `steps`."""
+    c.stages = ml_collections.ConfigDict(named)
+    c.stage_order = ",".join(named)
+    refs = [c.stages[name].get_ref("steps") for name in named]
+    total = refs[0]
+    for r in refs[1:]:
+        total = total + r
+    c.total_steps = total
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ import os
 import ml_collections
 import numpy as np
 
-from openvision2 import checkpoint
+from openvision2 import checkpoint, stages
 from openvision2.data import preprocess
 from openvision2.data.tokenizer import get_tokenizer
 
@@ -24,7 +24,8 @@ class TrainedRun:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by openvision2.train.")
         with open(path) as f:
-            self.cfg = ml_collections.ConfigDict(json.load(f))
+            # A curriculum's model is what its last stage trained (resolution, tokenizer...).
+            self.cfg = stages.final_config(ml_collections.ConfigDict(json.load(f)))
         self.params, self.step = checkpoint.restore_params(workdir, step)
         self.tokenizer = get_tokenizer(self.cfg.text.vocab)
 

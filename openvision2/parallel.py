@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from optax.transforms import MaskedNode
 
 from openvision2.config import MESH_AXES
 
@@ -95,8 +96,15 @@ def replicated(mesh) -> NamedSharding:
 
 def state_shardings(abstract_boxed_state, mesh, rules):
     """NamedShardings for a (still boxed) abstract train state."""
-    specs = nn.get_partition_spec(abstract_boxed_state)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    # optax's MaskedNode (the empty optimizer state of a frozen parameter) arrives
+    # boxed with its parameter's axes, and is a childless NamedTuple that flax
+    # would take for a partition spec: unbox it and keep it as it is.
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    unmask = lambda x: MaskedNode() if is_box(x) and isinstance(getattr(x, "value", None), MaskedNode) else x
+    specs = nn.get_partition_spec(jax.tree.map(unmask, abstract_boxed_state, is_leaf=is_box))
+    is_spec = lambda x: isinstance(x, (P, MaskedNode))
+    return jax.tree.map(lambda s: s if isinstance(s, MaskedNode) else nn.logical_to_mesh_sharding(s, mesh, rules),
+                        specs, is_leaf=is_spec)
 
 
 def host_batch_slice(mesh, global_batch: int) -> tuple[int, int]:

@@ -11,18 +11,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from openvision2 import checkpoint, parallel
+from openvision2 import checkpoint, parallel, stages
 from openvision2.models.captioner import build_model
 from openvision2.objectives import get_objective
 from openvision2.optim import lr_schedule, make_optimizer
 
 
-def init_state(model, tx, cfg, rng):
-    """Initial train state (boxed with logical axis metadata)."""
+def init_params(model, cfg, rng):
+    """Initial parameters (boxed with logical axis metadata)."""
     size = cfg.image_size
     images = jnp.zeros((1, size, size, 3), jnp.uint8)
     text = jnp.zeros((1, cfg.text.max_len - 1), jnp.int32)
-    params = model.init(rng, images, text)["params"]
+    return model.init(rng, images, text)["params"]
+
+
+def init_state(model, tx, cfg, rng):
+    """Initial train state (boxed with logical axis metadata)."""
+    params = init_params(model, cfg, rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
@@ -40,7 +45,8 @@ def split_microbatches(batch, num: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, objective, tx, schedule, grad_accum_steps: int = 1):
+def make_train_step(model, objective, tx, schedule, grad_accum_steps: int = 1, step_offset: int = 0):
+    """`step_offset` is the global step where this optimizer's schedule starts (a curriculum stage)."""
     grad_fn = jax.value_and_grad(lambda p, b: objective.loss(model, p, b), has_aux=True)
 
     def train_step(state, batch):
@@ -68,7 +74,7 @@ def make_train_step(model, objective, tx, schedule, grad_accum_steps: int = 1):
             "train/token_accuracy": sums["correct"] / count,
             "train/grad_norm": optax.global_norm(grads),
             "train/param_norm": optax.global_norm(params),
-            "train/lr": schedule(step),
+            "train/lr": schedule(step - step_offset),
             "train/tokens": sums["count"],
             "data/bad_records": jnp.sum(batch["bad_records"]) if "bad_records" in batch else 0,
         }
@@ -90,15 +96,17 @@ def make_eval_step(model, objective):
 
 
 class Training:
-    """Model, objective, optimizer, sharded state and jitted step for one mesh.
+    """Model, objective, optimizer, sharded state and jitted step for one mesh
+    (and one curriculum stage, which starts at global step `step_offset`).
 
     Build inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`.
     """
 
-    def __init__(self, cfg, mesh, rules):
+    def __init__(self, cfg, mesh, rules, step_offset: int = 0):
         self.model = build_model(cfg)
         self.objective = get_objective(cfg)
-        self.tx = make_optimizer(cfg)
+        boxed_params = jax.eval_shape(lambda: init_params(self.model, cfg, jax.random.key(0)))
+        self.tx = make_optimizer(cfg, boxed_params)
         self.schedule = lr_schedule(cfg)
         init_fn = lambda rng: init_state(self.model, self.tx, cfg, rng)
         boxed = jax.eval_shape(lambda: init_fn(jax.random.key(0)))
@@ -106,8 +114,16 @@ class Training:
         self.abstract_state = checkpoint.abstract_like(boxed, self.state_shardings)
         # Created directly sharded: nothing is materialised on one host first.
         self.init = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=self.state_shardings)
+
+        def continue_from(params, step):
+            """A fresh optimizer around carried-over params (a stage boundary)."""
+            params = stages.adapt_params(params, self.abstract_state["params"])
+            return {"step": step, "params": params, "opt_state": self.tx.init(params)}
+
+        self.continue_from = jax.jit(continue_from, out_shardings=self.state_shardings)
         self.train_step = jax.jit(
-            make_train_step(self.model, self.objective, self.tx, self.schedule, int(cfg.grad_accum_steps)),
+            make_train_step(self.model, self.objective, self.tx, self.schedule, int(cfg.grad_accum_steps),
+                            step_offset),
             in_shardings=(self.state_shardings, parallel.batch_sharding(mesh)),
             out_shardings=(self.state_shardings, parallel.replicated(mesh)),
             donate_argnums=(0,))

@@ -29,7 +29,7 @@ import jax
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf
+from openvision2 import config as config_lib, parallel, perf, stages
 from openvision2.step import Training
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=False)
@@ -38,6 +38,7 @@ flags.DEFINE_integer("num_slices", 1, "Multislice: number of such slices over DC
 flags.DEFINE_integer("per_chip_batch", 0, "Per-chip batch; the global batch is this x chips (0 = config's).")
 flags.DEFINE_bool("find_max_batch", False, "Search for the largest per-chip batch that fits in HBM.")
 flags.DEFINE_integer("batch_multiple", 8, "Granularity of the max-batch search.")
+flags.DEFINE_string("stage", "", "Curriculum stage to compile (default: every stage in turn).")
 flags.DEFINE_float("hbm_gib", 0.0, "HBM per chip in GiB (0 = from the table by TPU generation).")
 FLAGS = flags.FLAGS
 
@@ -112,9 +113,9 @@ def _positive(value):
     return float(value) if value is not None and float(value) > 0 else None
 
 
-def report(result: dict, hbm_bytes: float) -> dict:
+def report(result: dict, hbm_bytes: float, tag: dict) -> dict:
     total = result["total_bytes"]
-    result = {**result, "hbm_bytes": int(hbm_bytes), "fits": total is not None and total <= hbm_bytes,
+    result = {**tag, **result, "hbm_bytes": int(hbm_bytes), "fits": total is not None and total <= hbm_bytes,
               "total_gib": None if total is None else round(total / 2**30, 3)}
     print(json.dumps(result), flush=True)
     return result
@@ -130,9 +131,15 @@ def main(argv):
     hbm = (FLAGS.hbm_gib or HBM_GIB.get(generation, 0.0)) * 2**30
     if not hbm:
         raise app.UsageError(f"Unknown HBM size for {generation!r}: pass --hbm_gib.")
+    for label, stage_cfg in stages.select(cfg, FLAGS.stage):
+        compile_stage(stage_cfg, devices, hbm, {"stage": label} if label else {})
+
+
+def compile_stage(cfg, devices, hbm: float, tag: dict):
+    """Compiles one stage's step (and searches its largest batch if asked); prints JSON lines."""
     if FLAGS.per_chip_batch:
         cfg.batch_size = FLAGS.per_chip_batch * len(devices)
-    fits = report(compile_step(cfg, devices), hbm)["fits"]
+    fits = report(compile_step(cfg, devices), hbm, tag)["fits"]
     if not FLAGS.find_max_batch:
         return
     # Grow geometrically until it no longer fits, then bisect.
@@ -145,11 +152,11 @@ def main(argv):
         if per_chip in (lo, hi):
             break
         cfg.batch_size = per_chip * len(devices)
-        if report(compile_step(cfg, devices), hbm)["fits"]:
+        if report(compile_step(cfg, devices), hbm, tag)["fits"]:
             lo = per_chip
         else:
             hi = per_chip
-    print(json.dumps({"max_per_chip_batch": lo, "first_not_fitting": hi, "topology": FLAGS.topology,
+    print(json.dumps({**tag, "max_per_chip_batch": lo, "first_not_fitting": hi, "topology": FLAGS.topology,
                       "image_size": cfg.image_size}), flush=True)
 
 

@@ -25,12 +25,13 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf
+from openvision2 import config as config_lib, parallel, perf, stages
 from openvision2.step import Training
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=True)
 flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 flags.DEFINE_list("compare", [], "More config specs to run in the same process, with the same --config.* overrides.")
+flags.DEFINE_string("stage", "", "Curriculum stage to measure (default: every stage of a staged config).")
 flags.DEFINE_bool("data", False, "Measure the input pipeline instead of the step: decoded, augmented, tokenised "
                   "images/s on real JPEG photos, for each --image_sizes x --workers.")
 flags.DEFINE_list("image_sizes", ["84", "224", "384"], "Data mode: training resolutions to measure.")
@@ -160,8 +161,9 @@ def main(argv):
     matmul_peak = perf.measure_matmul_flops()
     results = []
     for name, cfg in runs:
-        results.append(benchmark(cfg, name, FLAGS.steps, matmul_peak))
-        print(json.dumps(results[-1]), flush=True)
+        for label, stage_cfg in stages.select(cfg, FLAGS.stage):
+            results.append(benchmark(stage_cfg, f"{name}[{label}]" if label else name, FLAGS.steps, matmul_peak))
+            print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         base = results[0]
         print(json.dumps({"ratios_vs": base["name"], **{
