@@ -74,3 +74,14 @@ def captioner_train_flops(cfg) -> float:
     decoder = dec.depth * (t * per_token + 2 * t * t * dec.heads * head_dim)  # 4*T^2*d / 2 (causal)
     decoder += 2 * text * dec.width * cfg.model.vocab_size
     return 3.0 * cfg.batch_size * (encoder + proj + decoder)
+
+
+def run_train_flops(cfg, steps: int | None = None) -> float:
+    """Model FLOPs of a whole run (every curriculum stage), or of its first `steps` steps."""
+    from openvision2 import stages
+
+    total = 0.0
+    for s in stages.resolve(cfg):
+        n = s.steps if steps is None else max(0, min(s.end, steps) - s.start)
+        total += n * captioner_train_flops(s.cfg)
+    return total
