@@ -21,13 +21,18 @@ RUNTIME = [
     "tqdm>=4.60,<5",
 ]
 
+# Optional ready-made eval sets (data/tfds_source.py); reading needs no TensorFlow.
+TFDS = ["tensorflow-datasets>=4.9.9,<5", "importlib_resources>=6,<8"]
+
 EXTRAS = {
     "test": [
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
         "scikit-image>=0.24,<0.27",  # real sample photos for the inference tests
         "jax[tpu]>=0.10.2,<0.11",  # libtpu: the AOT pod-compile tests (compile only, no TPU needed)
+        *TFDS,
     ],
+    "tfds": TFDS,
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     # torch 2.13.0 is the CPU wheel this machine serves offline; torchvision

@@ -266,7 +266,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Several train sources mixed per element by weight, "<dir or glob>:<weight>,..." (weights are
     # normalised), e.g. "/data/a:0.7,/data/b:0.3"; replaces path. "" = the single source path.
     c.data.sources = ""
-    c.data.eval_path = ""
+    c.data.eval_path = ""  # ArrayRecord dir/glob, or "tfds:<name>[/<config>][:<version>]" (data/tfds_source.py)
+    c.data.tfds_split = "validation"
+    c.data.tfds_data_dir = ""
+    c.data.tfds_image_key = "image"
+    c.data.tfds_caption_key = ""  # "" = the first caption_field; "/" walks nested features, e.g. captions/text
     # One field, or a comma-separated list for caption_mode "random_field"; eval uses the first.
     c.data.caption_field = "re_caption"
     # "field": the first caption_field; "random_field": per element, uniformly one of the listed

@@ -38,7 +38,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from openvision2.data import preprocess, records, shapes
+from openvision2.data import preprocess, records, shapes, tfds_source
 from openvision2.data.tokenizer import Tokenizer
 
 # Consecutive bad records tolerated for one row before we conclude the data is broken.
@@ -254,14 +254,31 @@ class TrainBatch(grain.transforms.Map):
         }
 
 
+class RecordEvalSource:
+    """Our ArrayRecord shards as an eval source: (image, caption of the first field)."""
+
+    def __init__(self, paths: list[str], caption: CaptionPicker):
+        self.paths = paths
+        self._source = grain.sources.ArrayRecordDataSource(paths)
+        self._caption = caption
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def example(self, index: int) -> tuple[np.ndarray, str]:
+        return load_example(self._source[index], self._caption)
+
+    def describe(self) -> str:
+        return f"{len(self.paths)} ArrayRecord shards"
+
+
 class EvalBatch(grain.transforms.Map):
     """Eval batch index -> this host's rows, in dataset order, padded at the end with copies."""
 
-    def __init__(self, paths: list[str], *, num_examples: int, caption: CaptionPicker, image_size: int,
+    def __init__(self, source, *, num_examples: int, image_size: int,
                  tokenizer: Tokenizer, max_len: int, global_batch: int, host_batch: int, host_offset: int):
-        self._source = grain.sources.ArrayRecordDataSource(paths)
+        self._source = source
         self._num_examples = num_examples
-        self._caption = caption
         self._image_size = image_size
         self._tokenizer = tokenizer
         self._max_len = max_len
@@ -271,7 +288,7 @@ class EvalBatch(grain.transforms.Map):
         """(image, caption, valid, bad); a bad eval record becomes an invalid row, not a crash."""
         valid = g < self._num_examples
         try:
-            img, text = load_example(self._source[g % self._num_examples], self._caption)
+            img, text = self._source.example(g % self._num_examples)
             return preprocess.eval_transform(img, self._image_size), text, valid, 0
         except ValueError as e:
             _warn_bad("eval element", g, e)
@@ -346,16 +363,25 @@ def train_paths(cfg) -> list[str]:
     return shapes.ensure_dataset(_shapes_dir(cfg), "train", s.num_train, s.seed, s.image_size)
 
 
-def eval_paths(cfg) -> list[str] | None:
-    """Eval shards, or None when a real train set is configured without an eval set."""
-    if cfg.data.eval_path:
-        return records.resolve_paths(cfg.data.eval_path)
+def eval_source(cfg):
+    """The eval set (RecordEvalSource or TfdsSource), or None when a real train set is
+    configured without one."""
+    spec = cfg.data.eval_path
+    if spec and tfds_source.is_tfds(spec):
+        d = cfg.data
+        return tfds_source.TfdsSource(spec, split=d.get("tfds_split", "validation"), data_dir=d.get("tfds_data_dir", ""),
+                                      image_key=d.get("tfds_image_key", "image"),
+                                      caption_key=d.get("tfds_caption_key") or caption_fields(d.caption_field)[0])
+    caption = CaptionPicker.from_config(cfg, train=False)
+    if spec:
+        return RecordEvalSource(records.resolve_paths(spec), caption)
     if cfg.data.path or cfg.data.get("sources", ""):
         return None
     s = cfg.data.shapes
     if s.eval_seed == s.seed:
         raise ValueError("cfg.data.shapes.eval_seed must differ from cfg.data.shapes.seed so eval images are unseen")
-    return shapes.ensure_dataset(_shapes_dir(cfg), "eval", s.num_eval, s.eval_seed, s.image_size)
+    return RecordEvalSource(shapes.ensure_dataset(_shapes_dir(cfg), "eval", s.num_eval, s.eval_seed, s.image_size),
+                            caption)
 
 
 def _iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -398,8 +424,8 @@ def train_batches(cfg, tokenizer: Tokenizer, *, start_step: int, global_batch: i
     return _iterate(steps, cfg.data.workers, cfg.data.prefetch)
 
 
-def num_eval_examples(cfg, paths: list[str]) -> int:
-    available = len(grain.sources.ArrayRecordDataSource(paths))
+def num_eval_examples(cfg, source) -> int:
+    available = len(source)
     return min(cfg.data.num_eval, available) if cfg.data.num_eval > 0 else available
 
 
@@ -411,14 +437,14 @@ def eval_batches(cfg, tokenizer: Tokenizer, *, global_batch: int, host_batch: in
     [host_batch]: False for the copies padding the last global batch and for bad records.
     """
     _check_host_slice(global_batch, host_batch, host_offset)
-    paths = eval_paths(cfg)
-    if paths is None:
+    source = eval_source(cfg)
+    if source is None:
         return iter(())
-    num = num_eval_examples(cfg, paths)
+    num = num_eval_examples(cfg, source)
     if num == 0:
         return iter(())
     loader = EvalBatch(
-        paths, num_examples=num, caption=CaptionPicker.from_config(cfg, train=False), image_size=cfg.image_size,
+        source, num_examples=num, image_size=cfg.image_size,
         tokenizer=tokenizer, max_len=cfg.text.max_len, global_batch=global_batch, host_batch=host_batch,
         host_offset=host_offset)
     batches = grain.MapDataset.range(math.ceil(num / global_batch)).map(loader)
@@ -443,9 +469,9 @@ def describe_sources(cfg) -> dict:
         },
         "eval": None,
     }
-    evals = eval_paths(cfg)
+    evals = eval_source(cfg)
     if evals is not None:
-        info["eval"] = {"paths": evals, "num_records": len(grain.sources.ArrayRecordDataSource(evals)),
+        info["eval"] = {"source": evals.describe(), "paths": getattr(evals, "paths", []), "num_records": len(evals),
                         "num_used": num_eval_examples(cfg, evals),
                         "caption_field": caption_fields(cfg.data.caption_field)[0]}
     return info
