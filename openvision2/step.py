@@ -17,12 +17,17 @@ from openvision2.objectives import get_objective
 from openvision2.optim import lr_schedule, make_optimizer
 
 
-def init_state(model, tx, cfg, rng):
-    """Initial train state (boxed with logical axis metadata)."""
+def init_params(model, cfg, rng):
+    """Initial parameters (boxed with logical axis metadata)."""
     size = cfg.image_size
     images = jnp.zeros((1, size, size, 3), jnp.uint8)
     text = jnp.zeros((1, cfg.text.max_len - 1), jnp.int32)
-    params = model.init(rng, images, text)["params"]
+    return model.init(rng, images, text)["params"]
+
+
+def init_state(model, tx, cfg, rng):
+    """Initial train state (boxed with logical axis metadata)."""
+    params = init_params(model, cfg, rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
