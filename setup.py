@@ -30,9 +30,11 @@ EXTRAS = {
         "pytest-xdist>=3.5,<4",
         "scikit-image>=0.24,<0.27",  # real sample photos for the inference tests
         "jax[tpu]>=0.10.2,<0.11",  # libtpu: the AOT pod-compile tests (compile only, no TPU needed)
+        "matplotlib>=3.8,<4",  # tools/sweep.py --report draws scaling.png
         *TFDS,
     ],
     "tfds": TFDS,
+    "sweep": ["matplotlib>=3.8,<4"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     # torch 2.13.0 is the CPU wheel this machine serves offline; torchvision

@@ -9,6 +9,7 @@ fails before anything is compiled, with a message that names the fix.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import ml_collections
@@ -307,17 +308,22 @@ def set_stages(c: ml_collections.ConfigDict, **named: ml_collections.ConfigDict)
     c.total_steps = total
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
+def load_module(path: str):
+    """Executes a config (or sweep) file and returns it as a module."""
     import importlib.util
 
-    path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location(f"_ov2_config_{abs(hash(path))}", path)
-    if module_spec is None:
+    if module_spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"Config file {path!r} not found.")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
+    path, _, arg = spec.partition(":")
+    return load_module(path).get_config(arg or None)
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:

@@ -67,3 +67,16 @@ def test_cluster_auto_detection(monkeypatch):
     assert not train._on_cluster()  # libtpu's placeholder on a machine without a TPU
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
     assert train._on_cluster()
+
+
+def test_slurm_script_passes_the_flags_through_and_adds_cudnn_attention_last(tmp_path):
+    """The trainer rejects a --config.<key> override before --config=<file>, so the script's default goes last,
+    and only when the flags do not choose an attention implementation themselves."""
+    (tmp_path / "srun").write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    (tmp_path / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "OV2_VENV": "/venv"}
+    run = lambda *flags: subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm_gpu.sbatch"), *flags], env=env,
+                                        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert run(*TRAIN) == ["--kill-on-bad-exit=1", "/venv/bin/python", "-m", "openvision2.train", *TRAIN,
+                           "--config.model.attention_impl=cudnn"]
+    assert run(*TRAIN, "--config.model.attention_impl=xla")[4:] == [*TRAIN, "--config.model.attention_impl=xla"]
