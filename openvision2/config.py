@@ -217,6 +217,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.keep_every = 0
     c.async_checkpoints = True
+    # Weights to start a fresh run from (ignored on resume); see openvision2/convert/init.py.
+    c.init_from = ""  # encoder: HF SigLIP dir, timm dir/state dict, open_clip checkpoint
+    c.init_decoder_from = ""  # decoder: HF Llama dir or .gguf (set text.vocab to its tokenizer)
 
     c.mesh = ml_collections.ConfigDict({"dcn_data": 1, "data": -1, "fsdp": 1, "tensor": 1})
     c.sharding_rules = "fsdp_tensor"  # preset name (dp | fsdp | fsdp_tensor) or (logical, mesh axes) pairs

@@ -23,6 +23,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from openvision2 import checkpoint, config as config_lib, evaluate, parallel, perf, step as step_lib
+from openvision2.convert import init as convert_init
 from openvision2.data import pipeline
 from openvision2.data.tokenizer import get_tokenizer
 
@@ -133,6 +134,8 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
             logging.info("Resumed from step %d (data position: step %d).", start, data_pos["step"])
         else:
             state = t.init(jax.random.key(cfg.seed))
+            if cfg.get("init_from") or cfg.get("init_decoder_from"):
+                state = convert_init.initialise_state(cfg, state)
             start = 0
         metrics_writer = MetricsWriter(workdir, start)
 
