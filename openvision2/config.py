@@ -218,6 +218,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.keep_every = 0
     c.async_checkpoints = True
+    # Weights to start a fresh run from (ignored on resume); see openvision2/convert/init.py.
+    c.init_from = ""  # encoder: HF SigLIP dir, timm dir/state dict, open_clip checkpoint
+    c.init_decoder_from = ""  # decoder: HF Llama dir or .gguf (set text.vocab to its tokenizer)
 
     # Curriculum (see stages.py): named stages of overrides run in `stage_order`;
     # empty = one stage defined by the top-level keys.

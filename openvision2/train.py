@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from openvision2 import checkpoint, config as config_lib, evaluate, optim, parallel, perf, stages as stages_lib
 from openvision2 import step as step_lib
+from openvision2.convert import init as convert_init
 from openvision2.data import pipeline
 from openvision2.data.tokenizer import get_tokenizer
 
@@ -162,6 +163,8 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
             step = latest
         else:
             state = t.init(jax.random.key(cfg.seed))
+            if cfg.get("init_from") or cfg.get("init_decoder_from"):
+                state = convert_init.initialise_state(plan[0].cfg, state)
             step = 0
         start = step
         metrics_writer = MetricsWriter(workdir, latest)

@@ -85,15 +85,21 @@ def _resize_box(img: np.ndarray, box: tuple[int, int, int, int], size: tuple[int
 
 
 def eval_transform(img: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize the shorter side to `image_size`, then take the central square.
+    """Resize the shorter side to `image_size` (bicubic), then take the central square.
 
     Keeps the aspect ratio of arbitrary photos (no squashing) at the price of cutting the
-    ends of the longer side, as in the standard ImageNet-style evaluation.
+    ends of the longer side, as in the standard ImageNet-style evaluation. The order and the
+    size/offset arithmetic are HF `CLIPImageProcessor`'s, so an exported model's
+    `preprocessor_config.json` reproduces this exactly.
     """
     height, width = img.shape[:2]
-    side = min(height, width)
-    left, top = (width - side) // 2, (height - side) // 2
-    return _resize_box(img, (left, top, left + side, top + side), (image_size, image_size))
+    if height <= width:
+        size = (int(image_size * width / height), image_size)
+    else:
+        size = (image_size, int(image_size * height / width))
+    resized = _resize_box(img, (0, 0, width, height), size)
+    top, left = (size[1] - image_size) // 2, (size[0] - image_size) // 2
+    return np.ascontiguousarray(resized[top:top + image_size, left:left + image_size])
 
 
 def inception_crop_box(height: int, width: int, rng: np.random.Generator, area_min: float, area_max: float

@@ -1,0 +1,1 @@
+"""Checkpoint conversion: one name table per external format."""
