@@ -76,6 +76,9 @@ def resolve(cfg) -> list[Stage]:
             del merged["stages"]
             _merge(merged, spec, f"stages.{name}")
             merged.total_steps = steps
+        if int(merged.optim.warmup_steps) >= steps:
+            raise ValueError(f"stage {name!r} has {steps} steps but optim.warmup_steps={merged.optim.warmup_steps}; "
+                             f"set --config.stages.{name}.optim.warmup_steps below {steps} (or lengthen the stage).")
         out.append(Stage(index, name, start, steps, merged))
         start += steps
     if int(cfg.total_steps) != start:

@@ -306,3 +306,23 @@ def test_llava_tokenizer_puts_bos_after_the_image_tokens():
     assert ids == [image_id] * 3 + [tok.bos_id]
     caption = tok.encode(["a red circle and a blue square."], 16)[0]
     assert tk.decode(caption.tolist(), skip_special_tokens=True) == tok.decode(caption)
+
+
+def test_a_different_decoder_architecture_names_the_settings_that_fit_it():
+    from openvision2.convert import llama
+    hf = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 3,
+          "intermediate_size": 96, "vocab_size": 100, "tie_word_embeddings": True, "rope_theta": 100000.0}
+    cfg = tiny_cfg()
+    with pytest.raises(table.CheckpointMismatch) as err:
+        llama.check_hf_config(hf, cfg, "smol.gguf")
+    message = str(err.value)
+    for fix in ("--config.model.decoder='mu,width=64,depth=3,mlp_dim=96,heads=4'", "--config.model.kv_heads=2",
+                "--config.model.tie_embeddings=True", "--config.model.rope_theta=100000.0",
+                "--config.model.vocab_size=100"):
+        assert fix in message
+    # Once the config says what the message asked for, the check passes.
+    for key, value in llama.config_overrides(hf).items():
+        parent, leaf = key.split(".")
+        cfg[parent][leaf] = value
+    cfg.model.vocab_size = 100
+    llama.check_hf_config(hf, cfg, "smol.gguf")

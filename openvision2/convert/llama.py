@@ -100,7 +100,7 @@ def check_hf_config(hf: dict, cfg, source: str) -> list[str]:
     have = {"model.kv_heads": cfg.model.kv_heads if (cfg.model.kv_heads or have_size.heads) != have_size.heads else 0,
             "model.tie_embeddings": bool(cfg.model.tie_embeddings), "model.rope_theta": float(cfg.model.rope_theta)}
     fixes = [f"--config.model.decoder='{want['model.decoder']}'"] if size != have_size else []
-    fixes += [f"--config.{k}={v}" for k, v in have.items() if want[k] != v]
+    fixes += [f"--config.{k}={want[k]}" for k, v in have.items() if want[k] != v]
     if hf["vocab_size"] > cfg.model.vocab_size:
         fixes.append(f"--config.model.vocab_size={hf['vocab_size']} (or larger)")
     if fixes:
