@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                 reason="libtpu not installed (pip install -e .[tpu]); AOT TPU compiles need it")
 
 
-def aot(*args):
+def aot(*args, config="configs/openvision2.py:runlocal,stage=pretrain"):
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "aot_compile.py"), "--config=configs/openvision2.py:runlocal",
+        [sys.executable, os.path.join(ROOT, "tools", "aot_compile.py"), f"--config={config}",
          "--topology=v4:2x2x1", "--config.mesh.data=1", "--config.mesh.fsdp=-1", *args],
         cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -28,6 +28,14 @@ def test_compiles_the_sharded_step_for_four_v4_chips_and_reports_memory():
     assert row["fits"] and row["hbm_bytes"] == 32 * 2**30
     assert row["total_bytes"] == row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
     assert row["compiler_flops_per_chip"] > 0 and row["model_flops_per_step"] > 0
+
+
+def test_a_curriculum_compiles_every_stage_at_its_own_resolution():
+    rows = aot("--per_chip_batch=4", config="configs/openvision2.py:runlocal")
+    assert [(r["stage"], r["image_size"]) for r in rows] == [("pretrain", 16), ("finetune", 32)]
+    assert rows[0]["model_flops_per_step"] < rows[1]["model_flops_per_step"] and all(r["fits"] for r in rows)
+    (only,) = aot("--per_chip_batch=4", "--stage=finetune", config="configs/openvision2.py:runlocal")
+    assert only["stage"] == "finetune" and only["image_size"] == 32
 
 
 def test_max_batch_search_brackets_the_memory_limit():
