@@ -4,7 +4,7 @@ r"""A tiny scaling sweep on the shapes data: 2 encoder widths x 3 keep ratios.
   python tools/sweep.py --report --root=/tmp/ov2-sweep     # results.csv + scaling.png
 
 Six points of the embedded demo (configs/demo.py) shortened to 300 steps
-(`:steps=N` changes that): about 10 minutes on a quiet 2-core CPU (21
+(`:steps=N` changes that): 8 min 44 s on a quiet 2-core CPU (21 min
 measured on a shared one). The encoders are the demo's (128 wide) and one
 half as wide, both 4 layers on 8 px patches; the decoder is the demo's.
 keep_ratio changes only the decoder's share of the compute (the encoder sees
