@@ -208,7 +208,7 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
                 if k + 1 == len(plan):
                     break
             if mgr.latest_step() != step:
-                checkpoint.save(mgr, step, state, {"step": step, **_data_identity(plan[k])}, force=True)
+                _save(mgr, plan[k], step, state)
             mgr.wait_until_finished()
         finally:
             if previous_handler is not None:
@@ -217,6 +217,11 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
             mgr.close()
         logging.info("Done at step %d in %s.", step, _fmt_time(time.perf_counter() - t_start))
         return {**last["train"], **last["eval"], "step": step}
+
+
+def _save(mgr, stage, step: int, state):
+    """Checkpoints the state with its data position: the step plus what defines the stage's stream."""
+    checkpoint.save(mgr, step, state, {"step": step, **_data_identity(stage)}, force=True)
 
 
 def _data_identity(stage) -> dict:
@@ -251,7 +256,7 @@ class _StageLoop:
         self.evaluator = evaluate.Evaluator(self.cfg, t.model, t.objective, tokenizer, mesh)
 
     def save(self, step: int, state):
-        checkpoint.save(self.mgr, step, state, {"step": step, **_data_identity(self.stage)}, force=True)
+        _save(self.mgr, self.stage, step, state)
 
     def evaluate(self, state, step: int) -> dict:
         out = self.evaluator.run(state["params"])
