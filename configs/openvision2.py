@@ -12,6 +12,7 @@ Arguments (`variant,key=value,...`):
   checkpoint, or to launch the stages as separate jobs).
 - res / batch / samples: override the fine-tune's (or the single stage's)
   resolution, global batch, samples seen.
+- keep: the visual-token keep ratio of every stage (0.35 published; 1.0 = no masking).
 - runlocal: shrink everything (tiny model, a few steps, shapes data) for a smoke run.
 
 Every stage field can be overridden on the command line, e.g.
@@ -31,7 +32,7 @@ STAGES = {
 }
 
 
-def _stage(name: str, variant: str, res: int = 0, batch: int = 0, samples: float = 0.0):
+def _stage(name: str, variant: str, keep: float, res: int = 0, batch: int = 0, samples: float = 0.0):
     """The public numbers for one stage as a config stage (res adapted to the patch size)."""
     pub_res, pub_samples, pub_batch, lr, warmup = STAGES[name]
     patch = config_lib.encoder_size(variant).patch
@@ -39,26 +40,24 @@ def _stage(name: str, variant: str, res: int = 0, batch: int = 0, samples: float
         res = pub_res // 14 * patch if patch != 14 else pub_res  # same token grid for other patch sizes
     batch = batch or pub_batch
     steps = int((samples or pub_samples) // batch)
-    return config_lib.stage(steps, image_size=res, batch_size=batch, keep_ratio=0.35,
+    return config_lib.stage(steps, image_size=res, batch_size=batch, keep_ratio=keep,
                             optim={"lr": lr, "warmup_steps": warmup},
                             data={"caption_field": "re_caption"})
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, variant="L/14", stage="all", res=0, batch=0, samples=0.0, runlocal=False)
+    a = config_lib.parse_arg(arg, variant="L/14", stage="all", res=0, batch=0, samples=0.0, keep=0.35,
+                             runlocal=False)
     if a.stage not in ("all", *STAGES):
         raise ValueError(f"stage={a.stage!r}: choose all, pretrain or finetune.")
     names = list(STAGES) if a.stage == "all" else [a.stage]
     last = names[-1]
 
-    c = config_lib.base_config()
+    c = config_lib.at_scale(config_lib.base_config())
     c.objective = "captioning"
     c.model.encoder = a.variant
     c.model.decoder = DECODER_FOR.get(a.variant, "L")
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "float32"
-    c.model.remat_policy = "dots_no_batch"
-    c.keep_ratio = 0.35
+    c.keep_ratio = a.keep
     c.caption_loss_weight = 2.0
     c.text.vocab = "bert_base_uncased"
     c.text.max_len = 128
@@ -72,13 +71,8 @@ def get_config(arg=None):
     c.data.augment = "inception_crop"
     c.data.area_min, c.data.area_max = 0.4, 1.0
     c.data.color_jitter, c.data.color_jitter_prob, c.data.grayscale_prob = 0.4, 0.8, 0.2
-    c.data.workers = 8
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    c.log_every = 100
-    c.checkpoint_every = 2_000
-    c.eval_every = 0
 
-    stages = {n: _stage(n, a.variant, *((a.res, a.batch, a.samples) if n == last else ())) for n in names}
+    stages = {n: _stage(n, a.variant, a.keep, *((a.res, a.batch, a.samples) if n == last else ())) for n in names}
     if a.runlocal:
         c.model.encoder = "mu/8"
         c.model.decoder = "mu"

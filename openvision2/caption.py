@@ -12,6 +12,7 @@ import numpy as np
 
 from openvision2 import generate
 from openvision2.inference import TrainedRun
+from openvision2.objectives import OBJECTIVES
 
 flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -21,6 +22,9 @@ FLAGS = flags.FLAGS
 
 
 def caption_images(run: TrainedRun, images: np.ndarray, max_new_tokens: int = 0) -> list[str]:
+    if not OBJECTIVES[run.cfg.objective].captions:
+        raise app.UsageError(f"this run trained objective={run.cfg.objective!r}, which has no caption decoder; "
+                             "use openvision2.encode for its image features.")
     tok = run.tokenizer
     greedy = generate.make_greedy_fn(run.cfg, max_new_tokens or run.cfg.text.max_len - 1, tok.bos_id, tok.eos_id,
                                      tok.pad_id)

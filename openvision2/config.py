@@ -87,15 +87,56 @@ def encoder_size(variant: str) -> EncoderSize:
     return EncoderSize(patch=int(match.group(2)), **fields)
 
 
+def _named_size(variant: str, sizes: dict, kind: str, example: str) -> dict:
+    """Table fields of `name[,key=value...]` (no patch), with the explicit ones overriding."""
+    name, overrides = _parse_overrides(variant, sizes, kind)
+    if name not in sizes:
+        raise ValueError(f"{kind.capitalize()} variant {variant!r} not in {sorted(sizes)}, e.g. {example!r}.")
+    width, depth, mlp_dim, heads = sizes[name]
+    return {**dict(width=width, depth=depth, mlp_dim=mlp_dim, heads=heads), **overrides}
+
+
 def decoder_size(variant: str) -> DecoderSize:
     """`"L"` -> DecoderSize; `"mu,width=128,depth=2"` overrides table fields."""
-    name, overrides = _parse_overrides(variant, DECODER_SIZES, "decoder")
-    if name not in DECODER_SIZES:
-        raise ValueError(f"Decoder variant {variant!r} not in {sorted(DECODER_SIZES)}.")
-    width, depth, mlp_dim, heads = DECODER_SIZES[name]
-    fields = dict(width=width, depth=depth, mlp_dim=mlp_dim, heads=heads)
-    fields.update(overrides)
-    return DecoderSize(**fields)
+    return DecoderSize(**_named_size(variant, DECODER_SIZES, "decoder", "L"))
+
+
+def text_encoder_size(variant: str) -> EncoderSize:
+    """The contrastive text tower: an encoder size name without patch, e.g. `"B"` or `"mu,width=64"`."""
+    return EncoderSize(patch=0, **_named_size(variant, ENCODER_SIZES, "text encoder", "B"))
+
+
+# What each objective's model is made of, beyond the ViT every recipe has.
+OBJECTIVE_PARTS = {
+    "captioning": ("decoder",),
+    "openvision": ("decoder", "text_encoder"),
+    "clip": ("text_encoder",),
+    "siglip": ("text_encoder",),
+    "coca": ("decoder",),
+    "mmgem": ("decoder",),
+}
+
+
+def parts(cfg) -> tuple[str, ...]:
+    objective = cfg.get("objective", "captioning")
+    if objective not in OBJECTIVE_PARTS:
+        raise ValueError(f"objective={objective!r} is not available; choose from {sorted(OBJECTIVE_PARTS)}.")
+    return OBJECTIVE_PARTS[objective]
+
+
+def batch_fields(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-example fields of a train batch, name -> (shape, dtype), for the recipe `cfg` trains.
+
+    The input pipeline fills exactly these; the benchmark and AOT tools build stand-ins from them.
+    """
+    size, length = int(cfg.image_size), int(cfg.text.max_len)
+    fields = {"image": ((size, size, 3), "uint8"), "text": ((length,), "int32")}
+    if "text_encoder" in parts(cfg):
+        fields["text_con"] = ((int(cfg.text.get("encoder_max_len") or length),), "int32")
+    if cfg.get("objective") == "mmgem" and cfg.mmgem.region_task:
+        fields["box"] = ((4,), "float32")
+        fields["region_text"] = ((length,), "int32")
+    return fields
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -126,6 +167,7 @@ def parse_arg(arg: str | None, **defaults):
 
 
 MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
+CONTRASTIVE_OBJECTIVES = ("openvision", "clip", "siglip", "coca", "mmgem")
 
 
 def mesh_shape(cfg) -> dict[str, int]:
@@ -177,22 +219,32 @@ def validate(cfg, num_devices: int) -> dict[str, int]:
                 "or change --config.mesh.")
     tensor = shape["tensor"]
     enc = encoder_size(cfg.model.encoder)
-    dec = decoder_size(cfg.model.decoder)
-    checks = [("encoder heads", enc.heads), ("encoder mlp_dim", enc.mlp_dim),
-              ("decoder heads", dec.heads), ("decoder mlp_dim", dec.mlp_dim),
-              ("decoder kv_heads", cfg.model.get("kv_heads") or dec.heads),
-              ("vocab_size", cfg.model.vocab_size)]
+    checks = [("encoder heads", enc.heads), ("encoder mlp_dim", enc.mlp_dim), ("vocab_size", cfg.model.vocab_size)]
+    widths = [("encoder width", enc.width)]
+    if "decoder" in parts(cfg):
+        dec = decoder_size(cfg.model.decoder)
+        checks += [("decoder heads", dec.heads), ("decoder mlp_dim", dec.mlp_dim),
+                   ("decoder kv_heads", cfg.model.get("kv_heads") or dec.heads)]
+        widths.append(("decoder width", dec.width))
+    if "text_encoder" in parts(cfg):
+        txt = text_encoder_size(cfg.model.text_encoder)
+        checks += [("text encoder heads", txt.heads), ("text encoder mlp_dim", txt.mlp_dim)]
+        widths.append(("text encoder width", txt.width))
     for name, value in checks:
         if value % tensor:
             raise ValueError(f"{name}={value} is not divisible by mesh.tensor={tensor}: pick a "
                              f"tensor axis size that divides it (or change the model).")
     fsdp = shape["fsdp"]
-    for name, value in [("encoder width", enc.width), ("decoder width", dec.width)]:
+    for name, value in widths:
         if value % fsdp:
             raise ValueError(f"{name}={value} is not divisible by mesh.fsdp={fsdp}: parameters are "
                              "sharded along width. Pick an fsdp size that divides it.")
     if not 0.0 < cfg.keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio={cfg.keep_ratio} must be in (0, 1]; 1.0 turns masking off.")
+    if cfg.objective in CONTRASTIVE_OBJECTIVES and int(cfg.get("grad_accum_steps", 1)) > 1:
+        raise ValueError(f"objective={cfg.objective!r} has a contrastive loss, whose negatives are the whole batch: "
+                         f"grad_accum_steps={cfg.grad_accum_steps} would shrink them to one micro-batch. Use "
+                         "--config.grad_accum_steps=1 (shard the batch over more devices, or remat, to fit memory).")
     return shape
 
 
@@ -249,8 +301,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
 
     c.text = ml_collections.ConfigDict({"vocab": "bert_base_uncased", "max_len": 128})
+    c.text.encoder_max_len = 0  # tokens the contrastive text tower reads (0 = max_len)
+
+    # The contrastive recipes (objectives openvision, clip, siglip, coca, mmgem).
+    c.model.text_encoder = "B"  # text tower size (encoder table names, no patch): openvision, clip, siglip
+    c.model.embed_dim = 0  # shared image-text embedding width (0 = the encoder's width)
+    c.contrastive = ml_collections.ConfigDict()
+    c.contrastive.loss = ""  # "" = the objective's own (sigmoid for siglip, softmax otherwise) | softmax | sigmoid
+    c.contrastive.weight = 1.0  # total = weight * contrastive + caption_loss_weight * caption (CE)
+    c.contrastive.init_temperature = 0.0  # 0 = the loss's default: softmax 0.07 (CLIP), sigmoid 0.1 (SigLIP)
+    c.contrastive.min_temperature = 0.01  # the learnable temperature is clamped here (logit scale <= 100)
+    c.contrastive.init_bias = -10.0  # sigmoid loss: initial learnable logit bias
+    c.contrastive.chunked = True  # sigmoid loss: ring-chunked over devices, per-device memory O(b^2) not O(b*B)
+
+    # CoCa (objective coca): a text decoder split in two; see models/coca.py.
+    c.coca = ml_collections.ConfigDict()
+    c.coca.unimodal_layers = 0  # text-only layers under the CLS embedding (0 = half the decoder depth)
+    c.coca.caption_queries = 256  # attentional-pooler queries the multimodal layers cross-attend to
+
+    # MM-GEM (objective mmgem): one decoder embeds and captions; see models/mmgem.py.
+    c.mmgem = ml_collections.ConfigDict()
+    c.mmgem.pool_grid = 4  # PoolAggregator: the patch grid is average-pooled to pool_grid x pool_grid tokens
+    c.mmgem.roi_grid = 2  # RoIAlign bins per side for region features
+    c.mmgem.soft_prompts = 4  # learned prompt vectors before [CAP] for region captions
+    c.mmgem.region_task = ""  # "" = image level (stage 1); region stage: "caption" | "retrieval" | "both"
+    c.mmgem.min_visible = 0.5  # a region whose crop keeps less of its box than this is not used
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # adam (AdamW-style decoupled decay) | lamb (MM-GEM)
     c.optim.lr = 8e-6  # per 256 samples: 1.024e-3 at batch 32,768
     c.optim.warmup_steps = 100
     c.optim.end_lr_frac = 0.0
@@ -280,6 +358,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "field": the first caption_field; "random_field": per element, uniformly one of the listed
     # fields present and non-empty; "random_sentence": one sentence of the first field.
     c.data.caption_mode = "field"
+    # The contrastive tower's text, from the same record (its own rng): "field" = the first caption
+    # field; "random_sentence" = one sentence of it (CLIPS's partial captions); "same" = the caption.
+    c.data.contrastive_caption_mode = "field"
     c.data.num_eval = 0
     c.data.augment = "inception_crop"
     c.data.area_min = 0.4
@@ -291,6 +372,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 2
     c.data.shapes = ml_collections.ConfigDict(
         {"num_train": 30_000, "num_eval": 512, "seed": 1, "eval_seed": 2, "image_size": 64, "dir": ""})
+    return c
+
+
+def at_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What every published-size recipe shares: bf16 compute over fp32 params, remat, layers
+    scanned, FSDP over all devices, the ReCap caption field, 8 data workers, eval at the end."""
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
+    c.model.remat_policy = "dots_no_batch"
+    c.model.scan_layers = True
+    c.data.caption_field = "re_caption"
+    c.data.workers = 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.log_every, c.checkpoint_every, c.eval_every = 100, 2_000, 0
     return c
 
 
@@ -323,10 +417,28 @@ def load_module(path: str):
     return module
 
 
+def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of another config file in the same directory as `config_file` (a
+    config's `__file__`): recipes build on a shared base the way big_vision's configs do."""
+    return load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name)).get_config(arg)
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
     path, _, arg = spec.partition(":")
     return load_module(path).get_config(arg or None)
+
+
+def argv_overrides(argv: list[str]) -> dict[str, str]:
+    """The `--config.<key>=<value>` flags of a command line, as {"<key>": "<value>"}."""
+    return {a.split("=", 1)[0][len("--config."):]: a.split("=", 1)[1]
+            for a in argv if a.startswith("--config.") and "=" in a}
+
+
+def load_with_overrides(spec: str, argv: list[str]) -> ml_collections.ConfigDict:
+    """A config file spec with the command line's `--config.*` overrides applied: what a tool's
+    `--compare=<spec>` runs, so compared configs differ only in what their specs say."""
+    return apply_overrides(load_config_file(spec), argv_overrides(argv))
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:

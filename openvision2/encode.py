@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from openvision2.inference import TrainedRun
-from openvision2.models.captioner import build_model, normalize
+from openvision2.models import build_model
+from openvision2.models.captioner import normalize
 
 flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")

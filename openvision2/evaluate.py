@@ -1,8 +1,13 @@
-"""Held-out evaluation: teacher-forced loss / token accuracy and greedy captions.
+"""Held-out evaluation: what each recipe trains, measured on the same eval set.
 
-No token masking at eval: the decoder sees every visual token, as at inference.
-Exact match compares the whole greedy caption (up to and including `[eos]`)
-with the reference tokens, computed on device so it works across hosts.
+- Captioning objectives: teacher-forced loss and token accuracy, and greedy captions
+  (no token masking: the decoder sees every visual token, as at inference). Exact match
+  compares the whole greedy caption (up to and including `[eos]`) with the reference
+  tokens, computed on device so it works across hosts.
+- Embedding objectives: image->text and text->image retrieval among the eval pairs with
+  distinct captions (the first pair of each caption is kept), top-1 and top-5.
+- Region stages (MM-GEM): region caption exact match, and region->caption retrieval
+  against the distinct region captions.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 
 from openvision2 import generate, parallel, step as step_lib
 from openvision2.data import pipeline
@@ -20,13 +27,19 @@ from openvision2.data import pipeline
 class Evaluator:
 
     def __init__(self, cfg, model, objective, tokenizer, mesh):
-        self.cfg, self.tokenizer, self.mesh = cfg, tokenizer, mesh
+        self.cfg, self.tokenizer, self.mesh, self.objective = cfg, tokenizer, mesh, objective
         self.global_batch = int(cfg.get("eval_batch_size") or cfg.batch_size)
         self.offset, self.host_batch = parallel.host_batch_slice(mesh, self.global_batch)
         self.max_new = cfg.text.max_len - 1
-        self.eval_sums = jax.jit(step_lib.make_eval_step(model, objective))
-        self.greedy = generate.make_greedy_fn(cfg, self.max_new, tokenizer.bos_id, tokenizer.eos_id,
-                                              tokenizer.pad_id)
+        self.regions = bool(getattr(objective, "regions", False))
+        if objective.captions:
+            self.eval_sums = jax.jit(step_lib.make_eval_step(model, objective))
+            self.greedy = generate.make_greedy_fn(cfg, self.max_new, tokenizer.bos_id, tokenizer.eos_id,
+                                                  tokenizer.pad_id)
+        if objective.embeds:
+            self.embed = jax.jit(lambda p, b: objective.embed(model, p, b))
+        if self.regions:
+            self.region_embed = jax.jit(lambda p, b: objective.embed(model, p, b, region=True))
         self.match = jax.jit(_exact_match)
 
     def batches(self):
@@ -35,40 +48,101 @@ class Evaluator:
 
     def run(self, params) -> dict:
         t0 = time.perf_counter()
-        totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "exact": 0.0, "examples": 0.0}
+        totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "exact": 0.0, "region_exact": 0.0, "examples": 0.0}
+        gathered = {"image": [], "text": [], "tokens": [], "valid": [], "region_image": [], "region_text": [],
+                    "region_tokens": []}
         example = None
         for host in self.batches():
             batch = parallel.to_global(self.mesh, host, self.global_batch)
-            sums = jax.device_get(self.eval_sums(params, batch))
-            tokens = self.greedy(params, batch["image"])
-            exact, n = jax.device_get(self.match(tokens, batch["text"], batch["valid"]))
-            for k in ("loss_sum", "correct", "count"):
-                totals[k] += float(sums[k])
-            totals["exact"] += float(exact)
-            totals["examples"] += float(n)
-            if example is None and jax.process_index() == 0:
-                local = jax.device_get(tokens.addressable_shards[0].data)[0]
-                ref = host["text"][0]
-                example = (self.tokenizer.decode(generate.strip(local, self.tokenizer.eos_id)),
-                           self.tokenizer.decode(ref.tolist()))
+            valid = _host(batch["valid"])
+            totals["examples"] += float(valid.sum())
+            if self.objective.captions:
+                sums = jax.device_get(self.eval_sums(params, batch))
+                for k in ("loss_sum", "correct", "count"):
+                    totals[k] += float(sums[k])
+                tokens = self.greedy(params, batch["image"])
+                totals["exact"] += float(jax.device_get(self.match(tokens, batch["text"], batch["valid"])))
+                if example is None and jax.process_index() == 0:
+                    local = jax.device_get(tokens.addressable_shards[0].data)[0]
+                    example = (self.tokenizer.decode(generate.strip(local, self.tokenizer.eos_id)),
+                               self.tokenizer.decode(host["text"][0].tolist()))
+            if self.objective.embeds:
+                img, txt = self.embed(params, batch)
+                gathered["image"].append(_host(img))
+                gathered["text"].append(_host(txt))
+                gathered["tokens"].append(_host(batch["text_con"] if "text_con" in batch else batch["text"]))
+                gathered["valid"].append(valid)
+            if self.regions:
+                tokens = self.greedy(params, batch["image"], batch["box"])
+                totals["region_exact"] += float(jax.device_get(self.match(tokens, batch["region_text"],
+                                                                          batch["valid"])))
+                img, txt = self.region_embed(params, batch)
+                gathered["region_image"].append(_host(img))
+                gathered["region_text"].append(_host(txt))
+                gathered["region_tokens"].append(_host(batch["region_text"]))
         if totals["examples"] == 0:
             return {}
-        out = {
-            "eval/loss": totals["loss_sum"] / max(totals["count"], 1.0),
-            "eval/token_accuracy": totals["correct"] / max(totals["count"], 1.0),
-            "eval/caption_exact_match": totals["exact"] / totals["examples"],
-            "eval/num_examples": totals["examples"],
-        }
-        logging.info("eval: loss %.4f  token_acc %.4f  exact_match %.4f on %d images (%.1fs)",
-                     out["eval/loss"], out["eval/token_accuracy"], out["eval/caption_exact_match"],
-                     totals["examples"], time.perf_counter() - t0)
+        out = {"eval/num_examples": totals["examples"]}
+        if self.objective.captions:
+            out.update({"eval/loss": totals["loss_sum"] / max(totals["count"], 1.0),
+                        "eval/token_accuracy": totals["correct"] / max(totals["count"], 1.0),
+                        "eval/caption_exact_match": totals["exact"] / totals["examples"]})
+        if self.objective.embeds:
+            cat = lambda k: np.concatenate(gathered[k])
+            valid = cat("valid")
+            out.update({f"eval/{k}": v for k, v in pair_retrieval(cat("image")[valid], cat("text")[valid],
+                                                                   cat("tokens")[valid]).items()})
+        if self.regions:
+            cat = lambda k: np.concatenate(gathered[k])
+            valid = np.concatenate(gathered["valid"])
+            out["eval/region_caption_exact_match"] = totals["region_exact"] / totals["examples"]
+            out.update({f"eval/region_{k}": v for k, v in class_retrieval(
+                cat("region_image")[valid], cat("region_text")[valid], cat("region_tokens")[valid]).items()})
+        logging.info("eval on %d images (%.1fs): %s", totals["examples"], time.perf_counter() - t0,
+                     "  ".join(f"{k[5:]} {v:.4f}" for k, v in out.items() if k != "eval/num_examples"))
         if example:
             logging.info("eval example: %r (reference %r)", *example)
         return out
 
 
+def _host(x) -> np.ndarray:
+    """A global array, whole, on every host."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _first_of_each(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row index of the first occurrence of each distinct token row, each row's distinct-row id)."""
+    _, first, inverse = np.unique(tokens, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def _ranks(sim: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rank of each row's target column (0 = retrieved first)."""
+    return (sim > sim[np.arange(len(target)), target][:, None]).sum(axis=1)
+
+
+def pair_retrieval(img: np.ndarray, txt: np.ndarray, tokens: np.ndarray) -> dict:
+    """Image->text and text->image recall@1/@5 among the pairs with distinct captions."""
+    first, _ = _first_of_each(tokens)
+    first = np.sort(first)
+    sim = img[first].astype(np.float64) @ txt[first].astype(np.float64).T
+    target = np.arange(len(first))
+    i2t, t2i = _ranks(sim, target), _ranks(sim.T, target)
+    return {"i2t_top1": float(np.mean(i2t < 1)), "i2t_top5": float(np.mean(i2t < 5)),
+            "t2i_top1": float(np.mean(t2i < 1)), "t2i_top5": float(np.mean(t2i < 5)),
+            "retrieval_pairs": float(len(first))}
+
+
+def class_retrieval(img: np.ndarray, txt: np.ndarray, tokens: np.ndarray) -> dict:
+    """Each image (region) against every distinct caption: recall@1/@5 of its own."""
+    first, inverse = _first_of_each(tokens)
+    sim = img.astype(np.float64) @ txt[first].astype(np.float64).T
+    ranks = _ranks(sim, inverse)
+    return {"i2t_top1": float(np.mean(ranks < 1)), "i2t_top5": float(np.mean(ranks < 5)),
+            "retrieval_captions": float(len(first))}
+
+
 def _exact_match(tokens, text, valid):
     """Rows whose greedy tokens equal the reference `text[:, 1:]` (both eos-terminated, pad after)."""
     ref = text[:, 1:]
-    same = jnp.all(tokens == ref, axis=1) & valid
-    return jnp.sum(same), jnp.sum(valid)
+    return jnp.sum(jnp.all(tokens == ref, axis=1) & valid)

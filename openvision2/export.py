@@ -86,6 +86,9 @@ def build(params, cfg, fmt: str, tokenizer=None) -> tuple[dict[str, np.ndarray],
     if fmt == "timm":
         return table.export(vit.flat_encoder(params["encoder"], cfg), timm.rules(cfg)), {"config.json": timm.timm_config(cfg)}
     if fmt == "llava":
+        if cfg.objective not in ("captioning", "openvision"):
+            raise ValueError(f"--format=llava exports a prefix captioner (objective captioning or openvision); this "
+                             f"run trained objective={cfg.objective!r}. Its encoder exports with --format=hf or timm.")
         if tokenizer is None:
             raise ValueError("--format=llava needs the run's tokenizer")
         return llava.files(params, cfg, tokenizer)

@@ -1,9 +1,11 @@
-"""Greedy captioning with a KV cache, one jitted function.
+"""Greedy captioning with a KV cache, one jitted function, for every captioning recipe.
 
 The prefix `[visual tokens (all of them: no masking at inference) ; bos]` is
 run once in `prefill` mode; each further token is a single-position `decode`
 call against a fixed-size cache inside `lax.scan`, so the whole generation
-compiles once per (batch, length).
+compiles once per (batch, length). A model supplies its prefix through
+`caption_prefix` (captioners, MM-GEM) or its own `prefill` / `decode_step`
+(CoCa, whose decoder cross-attends to the image instead).
 """
 
 from __future__ import annotations
@@ -13,42 +15,46 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from openvision2.models.captioner import build_model
+from openvision2.models import build_model
+from openvision2.models.decoder import pad_cache
 
 
-def _prefill(module, images, bos_ids):
-    enc = module.encode(images)
-    prefix, pos = module.visual_prefix(enc["prenorm"])
+def _prefill(module, images, bos_ids, total, boxes):
+    """(logits after `[bos]`, decoding state sized for `total` positions, position of `[bos]`)."""
+    if hasattr(module, "prefill"):  # models whose decoder is not a prefix LM (CoCa)
+        return module.prefill(images, bos_ids, total)
+    prefix, pos = module.caption_prefix(images) if boxes is None else module.caption_prefix(images, boxes)
     n = prefix.shape[1]
     x = jnp.concatenate([prefix.astype(module.decoder.dtype), module.decoder.embed_tokens(bos_ids[:, None])], axis=1)
     pos = jnp.concatenate([pos, jnp.full((x.shape[0], 1), n, jnp.int32)], axis=1)
     logits, cache = module.decoder(x, pos)
-    return logits[:, -1], cache, n
+    return logits[:, -1], pad_cache(cache, total), n
 
 
 def _decode_one(module, token, position, cache, cache_index):
+    if hasattr(module, "decode_step"):
+        return module.decode_step(token, position, cache, cache_index)
     x = module.decoder.embed_tokens(token[:, None])
     logits, cache = module.decoder(x, position[:, None], cache, cache_index)
     return logits[:, 0], cache
 
 
 def make_greedy_fn(cfg, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int = 0):
-    """Returns jitted `fn(params, images_uint8) -> tokens [B, max_new_tokens]`.
+    """Returns jitted `fn(params, images_uint8, boxes=None) -> tokens [B, max_new_tokens]`.
 
+    `boxes` [B, 4] (region-level models) captions those regions instead of whole images.
     Tokens after the first `[eos]` are `pad_id`.
     """
     prefill_model = build_model(cfg, mode="prefill")
     decode_model = build_model(cfg, mode="decode")
+    # Sequence positions: the prefix, `[bos]`, then the new tokens (an upper bound on the prefix).
+    total = max_prefix_len(cfg) + 1 + max_new_tokens
 
     @jax.jit
-    def greedy(params, images):
+    def greedy(params, images, boxes=None):
         b = images.shape[0]
-        logits, (k, v), n = prefill_model.apply(
-            {"params": params}, images, jnp.full((b,), bos_id, jnp.int32), method=_prefill)
-        total = n + 1 + max_new_tokens
-        pad = [(0, 0)] * k.ndim
-        pad[2] = (0, total - k.shape[2])
-        cache = (jnp.pad(k, pad), jnp.pad(v, pad))
+        logits, cache, n = prefill_model.apply(
+            {"params": params}, images, jnp.full((b,), bos_id, jnp.int32), total, boxes, method=_prefill)
         first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         def body(carry, i):
@@ -65,6 +71,18 @@ def make_greedy_fn(cfg, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: i
         return tokens.T
 
     return greedy
+
+
+def max_prefix_len(cfg) -> int:
+    """Positions before `[bos]` when captioning: visual tokens (or MM-GEM's context)."""
+    from openvision2.config import encoder_size
+
+    if cfg.objective == "coca":
+        return 0
+    if cfg.objective == "mmgem":
+        g = cfg.mmgem
+        return max(g.pool_grid**2, g.roi_grid**2 + (g.soft_prompts if g.region_task else 0)) + 1
+    return (cfg.image_size // encoder_size(cfg.model.encoder).patch) ** 2 + int(cfg.model.cls_token)
 
 
 def strip(tokens, eos_id: int, pad_id: int = 0) -> list[int]:

@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule (OpenVision 2 defaults).
 
-Adam(b1=0.9, b2=0.95), weight decay on kernels only, learning rate given per
+Adam(b1=0.9, b2=0.95) (or LAMB: `optim.name="lamb"`), weight decay on kernels only, learning rate given per
 256 samples and scaled linearly to the global batch, linear warmup then
 cosine decay to `end_lr_frac * peak` at the end of the run (of the stage, in
 a curriculum: each stage gets a fresh optimizer).
@@ -90,11 +90,17 @@ def make_optimizer(cfg, params=None) -> optax.GradientTransformation:
     mu_dtype = jnp.dtype(o.mu_dtype) if o.get("mu_dtype") else None
     clip = [optax.clip_by_global_norm(o.grad_clip)] if o.get("grad_clip", 0.0) > 0 else []
 
+    kind = o.get("name", "adam")
+    if kind not in ("adam", "lamb"):
+        raise ValueError(f"optim.name={kind!r}: choose adam (decoupled weight decay, AdamW) or lamb.")
+    # LAMB is the same update rescaled per parameter by ||param|| / ||update|| (layer-wise trust ratio).
+    trust = [optax.scale_by_trust_ratio()] if kind == "lamb" else []
+
     def adam(mult: float = 1.0):
         schedule = lr_schedule(cfg)
         return optax.chain(
             optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=mu_dtype),
-            optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+            optax.add_decayed_weights(o.weight_decay, mask=decay_mask), *trust,
             optax.scale_by_learning_rate(schedule if mult == 1.0 else lambda count: mult * schedule(count)))
 
     if not (o.get("trainable") or o.get("frozen") or o.get("lr_mults")):

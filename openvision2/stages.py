@@ -25,6 +25,7 @@ the model).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -140,24 +141,50 @@ def _merge(target: ml_collections.ConfigDict, overrides, where: str) -> None:
             target[key] = value
 
 
-def adapt_params(params, target_shapes):
-    """Fits `params` to the next stage's parameter shapes.
+def adapt_params(params, target):
+    """Fits the carried-over `params` to the next stage's model, whose freshly initialised
+    parameters are `target`.
 
-    Only learned position embeddings may change shape (a new resolution means
-    a new patch grid); they are resized bilinearly as a 2-D grid (a CLS
-    position, if any, lives in a separate parameter). Any other shape change
-    is a config error and raises.
+    Parameters the next stage adds (a new head, soft prompts) keep their fresh values. Only
+    learned position embeddings may change shape (a new resolution means a new patch grid);
+    they are resized bilinearly as a 2-D grid (a CLS position, if any, lives in a separate
+    parameter). Any other shape change, or a parameter the next stage has no place for, is a
+    config error and raises.
     """
-    def fit(path, x, target):
-        if x.shape == target.shape:
+    def fit(name, x, t):
+        if x.shape == t.shape:
             return x
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name.endswith("pos_embedding") and x.ndim == 3 and target.ndim == 3:
-            return resize_posemb(x, target.shape[1]).astype(x.dtype)
-        raise ValueError(f"parameter {name} changes shape {x.shape} -> {target.shape} between stages; only the "
+        if name.endswith("pos_embedding") and x.ndim == 3 and t.ndim == 3:
+            return resize_posemb(x, t.shape[1]).astype(x.dtype)
+        raise ValueError(f"parameter {name} changes shape {x.shape} -> {t.shape} between stages; only the "
                          "resolution (learned position embeddings) may change within a curriculum.")
 
-    return jax.tree_util.tree_map_with_path(fit, params, target_shapes)
+    def merge(p, t, path):
+        if not isinstance(t, Mapping):
+            return fit(path, p, t)
+        gone = sorted(set(p) - set(t))
+        if gone:
+            raise ValueError(f"parameters {[f'{path}/{k}'.lstrip('/') for k in gone]} of the previous stage have no "
+                             "place in the next stage's model; a stage may add parameters, not remove them.")
+        return {k: merge(p[k], t[k], f"{path}/{k}".lstrip("/")) if k in p else t[k] for k in t}
+
+    return merge(params, target, "")
+
+
+def added_params(params, target) -> list[str]:
+    """Paths of `target` (the next stage's parameter tree) that `params` does not have."""
+    out = []
+
+    def walk(p, t, path):
+        for k, v in t.items():
+            name = f"{path}/{k}".lstrip("/")
+            if k not in p:
+                out.append(name)
+            elif isinstance(v, Mapping):
+                walk(p[k], v, name)
+
+    walk(params, target, "")
+    return out
 
 
 def resize_posemb(posemb, new_len: int):

@@ -11,18 +11,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from openvision2 import checkpoint, parallel, stages
-from openvision2.models.captioner import build_model
+from openvision2 import checkpoint, config as config_lib, parallel, stages
+from openvision2.models import build_model
 from openvision2.objectives import get_objective
 from openvision2.optim import lr_schedule, make_optimizer
 
 
+def batch_spec(cfg, batch_size: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
+    """name -> (shape, dtype) of every array in a train batch of `batch_size` rows."""
+    fields = {k: ((batch_size, *shape), jnp.dtype(dtype)) for k, (shape, dtype) in config_lib.batch_fields(cfg).items()}
+    return {**fields, "bad_records": ((batch_size,), jnp.dtype(jnp.int32))}
+
+
 def init_params(model, cfg, rng):
-    """Initial parameters (boxed with logical axis metadata)."""
-    size = cfg.image_size
-    images = jnp.zeros((1, size, size, 3), jnp.uint8)
-    text = jnp.zeros((1, cfg.text.max_len - 1), jnp.int32)
-    return model.init(rng, images, text)["params"]
+    """Initial parameters (boxed with logical axis metadata): the model's `initialise` on a
+    one-row batch of zeros touches every parameter it has."""
+    batch = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in batch_spec(cfg, 1).items()}
+    return model.init(rng, batch, method="initialise")["params"]
 
 
 def init_state(model, tx, cfg, rng):
@@ -71,28 +76,22 @@ def make_train_step(model, objective, tx, schedule, grad_accum_steps: int = 1, s
         params = optax.apply_updates(params, updates)
         metrics = {
             "train/loss": numerator / count,
-            "train/token_accuracy": sums["correct"] / count,
             "train/grad_norm": optax.global_norm(grads),
             "train/param_norm": optax.global_norm(params),
             "train/lr": schedule(step - step_offset),
-            "train/tokens": sums["count"],
             "data/bad_records": jnp.sum(batch["bad_records"]) if "bad_records" in batch else 0,
         }
+        if "correct" in sums:  # a caption loss: token-level metrics
+            metrics.update({"train/token_accuracy": sums["correct"] / count, "train/tokens": sums["count"]})
+        metrics.update({f"train/{k}": v for k, v in sums.get("scalars", {}).items()})
         return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
     return train_step
 
 
 def make_eval_step(model, objective):
-    """Teacher-forced eval sums (no token masking) over the valid rows."""
-
-    def eval_step(params, batch):
-        valid = batch["valid"].astype(jnp.int32)
-        text = batch["text"] * valid[:, None]  # padded rows become all-pad: zero weight
-        _, sums = objective.loss(model, params, {**batch, "text": text})
-        return sums
-
-    return eval_step
+    """Teacher-forced caption sums (no token masking) over the valid rows."""
+    return lambda params, batch: objective.eval_sums(model, params, batch)
 
 
 class Training:
@@ -115,9 +114,11 @@ class Training:
         # Created directly sharded: nothing is materialised on one host first.
         self.init = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=self.state_shardings)
 
-        def continue_from(params, step):
-            """A fresh optimizer around carried-over params (a stage boundary)."""
-            params = stages.adapt_params(params, self.abstract_state["params"])
+        def continue_from(params, step, rng):
+            """A fresh optimizer around carried-over params (a stage boundary); parameters the
+            new stage adds (e.g. a new head) start from their initialisers."""
+            fresh = nn.unbox(init_params(self.model, cfg, rng))
+            params = stages.adapt_params(params, fresh)
             return {"step": step, "params": params, "opt_state": self.tx.init(params)}
 
         self.continue_from = jax.jit(continue_from, out_shardings=self.state_shardings)

@@ -315,7 +315,7 @@ def param_counts(cfg) -> dict[str, int]:
     """Parameter count per top-level module and in total, from shapes only (no compute)."""
     import jax
 
-    from openvision2.models.captioner import build_model
+    from openvision2.models import build_model
     from openvision2.step import init_params
 
     shapes = jax.eval_shape(lambda: init_params(build_model(cfg), cfg, jax.random.key(0)))
@@ -336,7 +336,7 @@ def result_row(root: str, entry: dict, varied: list[str]) -> dict:
     train = [r for r in events if "train/loss" in r]
     evals = [r for r in events if any(k.startswith("eval/") for k in r)]
     step = max((r["step"] for r in train), default=0)
-    flops_per_step = perf.captioner_train_flops(final)
+    flops_per_step = perf.train_flops(final)
     row = {"name": entry["name"], "status": status.state, **{k: entry["overrides"].get(k, "") for k in varied},
            "step": step, "total_steps": int(cfg.total_steps),
            "train/loss": train[-1]["train/loss"] if train else ""}

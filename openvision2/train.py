@@ -187,7 +187,12 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
                     # Stage boundary: carry the params over, start a fresh optimizer.
                     k += 1
                     t = step_lib.Training(plan[k].cfg, mesh, rules, step_offset=plan[k].start)
-                    state = t.continue_from(state["params"], state["step"])
+                    added = stages_lib.added_params(state["params"], t.abstract_state["params"])
+                    if added:
+                        logging.info("stage %r adds %d freshly initialised parameters: %s", plan[k].name,
+                                     len(added), ", ".join(added))
+                    state = t.continue_from(state["params"], state["step"],
+                                            jax.random.fold_in(jax.random.key(cfg.seed), k))
                     continue
                 if staged and step == stage.start and step < run_until:
                     metrics_writer.event(step, _stage_event(stage, "start"))
@@ -287,7 +292,7 @@ class _StageLoop:
         cfg, mesh, mgr = self.cfg, self.mesh, self.mgr
         batch = parallel.to_global(mesh, next(batches), cfg.batch_size)
         compiled = self.t.train_step.lower(state, batch).compile()
-        flops_per_step = perf.captioner_train_flops(cfg)
+        flops_per_step = perf.train_flops(cfg)
         peak, peak_source = perf.peak_flops_per_device()
         logging.info("train step: %.3g model FLOP/step; peak %.3g FLOP/s/device (%s)", flops_per_step, peak,
                      peak_source)
@@ -312,10 +317,14 @@ class _StageLoop:
                          "perf/mfu": flops_per_step / dt / (peak * jax.device_count())})
             self.writer.write(done_step, self._tag(host))
             last["train"] = host
-            logging.info("%sstep %d/%d  loss %.4f  acc %.3f  lr %.2e  %.3f s/step  %.1f img/s  ETA %s",
-                         f"[{self.label}] " if self.label else "", done_step, self.total_steps, host["train/loss"],
-                         host["train/token_accuracy"], host["train/lr"], dt, cfg.batch_size / dt,
-                         _fmt_time((self.total_steps - done_step) * dt))
+            parts = [f"loss {host['train/loss']:.4f}"]
+            for key, label in (("train/token_accuracy", "acc"), ("train/contrastive_loss", "con"),
+                               ("train/caption_loss", "cap"), ("train/temperature", "temp")):
+                if key in host:
+                    parts.append(f"{label} {host[key]:.3f}")
+            logging.info("%sstep %d/%d  %s  lr %.2e  %.3f s/step  %.1f img/s  ETA %s",
+                         f"[{self.label}] " if self.label else "", done_step, self.total_steps, "  ".join(parts),
+                         host["train/lr"], dt, cfg.batch_size / dt, _fmt_time((self.total_steps - done_step) * dt))
             clock.update(t=time.perf_counter(), steps=0)
 
         preempted = False

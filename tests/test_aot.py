@@ -62,3 +62,14 @@ def test_hybrid_mesh_keeps_each_dcn_group_inside_one_slice():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
     assert out.strip().splitlines()[-1] == "[[0], [1]]"
+
+
+def test_compare_reports_openvision_v1_against_v2_per_chip():
+    rows = aot("--per_chip_batch=4", "--compare=configs/openvision_v1.py:runlocal,stage=finetune",
+               config="configs/openvision2.py:runlocal,stage=finetune")
+    v2, v1, ratio = rows
+    assert v2["config"].startswith("configs/openvision2.py") and v1["config"].startswith("configs/openvision_v1.py")
+    assert ratio["ratios_vs"] == v2["config"] and ratio["stage"] == "finetune"
+    # v1 carries a text tower on top of the same captioner: more bytes per chip, in the stated ratio.
+    assert v1["argument_bytes"] > v2["argument_bytes"]
+    assert ratio["total_bytes"] == v1["total_bytes"] / v2["total_bytes"]

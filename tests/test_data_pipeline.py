@@ -21,6 +21,12 @@ NUM = 24
 SIZE = 16
 
 
+def example(loader, g):
+    """(image, caption, bad records skipped) of train element g."""
+    row, bad = loader.example(g)
+    return row["image"], row["text"], bad
+
+
 def _png(value: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (SIZE, SIZE), (value, 128, 64)).save(buf, format="PNG")
@@ -287,7 +293,7 @@ def test_bad_records_are_replaced_within_their_source(corrupt_dir, other_dir, be
     loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
     replaced = 0
     for g in range(96):
-        _, text, bad = loader.example(g)
+        _, text, bad = example(loader, g)
         n = int(text.split()[1])
         assert n not in {5, 11, 17}
         assert (n >= 100) == (loader.source_index(g) == 1)
@@ -349,7 +355,7 @@ def test_random_field_picks_among_present_fields_deterministically(fields_dir, b
     cfg = make_cfg(fields_dir, caption_field="a, b", caption_mode="random_field", augment="none",
                    color_jitter=0.0, grayscale_prob=0.0, prefetch=0)
     loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
-    rows = [loader.example(g) for g in range(72)]  # 3 epochs
+    rows = [example(loader, g) for g in range(72)]  # 3 epochs
     used = set()
     for img, text, bad in rows:
         word, num = text.split()
@@ -362,7 +368,7 @@ def test_random_field_picks_among_present_fields_deterministically(fields_dir, b
     # Records with both fields get either; records with a blank b always get a.
     assert {("alpha", 1), ("beta", 1)} <= {(w, m) for m, w in used} and (2, "beta") not in used
     again = pickle.loads(pickle.dumps(loader))  # as a worker process receives it
-    assert [again.example(g)[1] for g in range(72)] == [r[1] for r in rows]
+    assert [example(again, g)[1] for g in range(72)] == [r[1] for r in rows]
     full = take(cfg, bert, 3)
     assert_same_batches(concat_hosts(cfg, bert, 3, 2), full)
     assert_same_batches(take(cfg, bert, 1, start_step=2), full[2:])
@@ -372,19 +378,19 @@ def test_random_field_picks_among_present_fields_deterministically(fields_dir, b
 def test_random_sentence_returns_a_sentence_of_the_caption_deterministically(sentence_dir, bert):
     cfg = make_cfg(sentence_dir, caption_mode="random_sentence", prefetch=0)
     loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
-    texts = [loader.example(g)[1] for g in range(48)]
+    texts = [example(loader, g)[1] for g in range(48)]
     photo = [t for t in texts if t.startswith("Photo ")]
     assert set(texts) - set(photo) == set(SENTENCES)
     assert photo and all(t == f"Photo {int(t[6:-1])}." for t in photo)
     again = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
-    assert [again.example(g)[1] for g in range(48)] == texts
+    assert [example(again, g)[1] for g in range(48)] == texts
     # The caption draw does not disturb the order or the augmentation of the "field" mode.
     field = pipeline.train_loader(make_cfg(sentence_dir, prefetch=0), bert, global_batch=8, host_batch=8,
                                   host_offset=0)
     for g in range(8):
-        img, text, _ = field.example(g)
-        np.testing.assert_array_equal(img, loader.example(g)[0])
-        assert loader.example(g)[1] in pipeline.split_sentences(text)
+        img, text, _ = example(field, g)
+        np.testing.assert_array_equal(img, example(loader, g)[0])
+        assert example(loader, g)[1] in pipeline.split_sentences(text)
     full = take(cfg, bert, 2)
     assert_same_batches(concat_hosts(cfg, bert, 2, 4), full)
 

@@ -19,7 +19,8 @@ from openvision2 import checkpoint, export, train
 from openvision2.convert import init as convert_init, llava, table
 from openvision2.data import preprocess, shapes
 from openvision2.data.tokenizer import get_tokenizer
-from openvision2.models.captioner import build_model, normalize
+from openvision2.models import build_model
+from openvision2.models.captioner import normalize
 from tests.test_models import tiny_cfg
 from tests.test_train import tiny_train_cfg
 

@@ -9,7 +9,7 @@ import pytest
 from openvision2 import masking
 from openvision2.objectives.captioning import Captioning
 from tests.test_models import init, tiny_cfg
-from openvision2.models.captioner import build_model
+from openvision2.models import build_model
 
 
 @pytest.mark.parametrize("n,ratio,k", [(36, 0.35, 13), (256, 0.35, 90), (16, 0.25, 4), (10, 0.05, 1)])

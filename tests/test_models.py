@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from openvision2 import config as config_lib, generate
-from openvision2.models import layers, vit
-from openvision2.models.captioner import build_model
+from openvision2.models import build_model, layers, vit
 from openvision2.models.decoder import Decoder
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 # Compile-only use needs no exclusive hold on a TPU: let several of these run at once.
@@ -29,8 +30,8 @@ import jax
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf, stages
-from openvision2.step import Training
+from openvision2 import config as config_lib, parallel, perf, stages, step as step_lib
+
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=False)
 flags.DEFINE_string("topology", "v4:8x8x4", "TPU topology name of one slice, e.g. v4:4x4x4, v5p:8x8x8, v6e:16x16.")
@@ -40,6 +41,8 @@ flags.DEFINE_bool("find_max_batch", False, "Search for the largest per-chip batc
 flags.DEFINE_integer("batch_multiple", 8, "Granularity of the max-batch search.")
 flags.DEFINE_string("stage", "", "Curriculum stage to compile (default: every stage in turn).")
 flags.DEFINE_float("hbm_gib", 0.0, "HBM per chip in GiB (0 = from the table by TPU generation).")
+flags.DEFINE_multi_string("compare", [], "Another config spec to compile the same way (repeatable; same --config.* "
+                  "overrides); ratio lines give per-chip memory and largest batch against the first config.")
 FLAGS = flags.FLAGS
 
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -68,12 +71,11 @@ def compile_step(cfg, devices) -> dict:
     rules = parallel.logical_rules(cfg)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        t = Training(cfg, mesh, rules)
+        t = step_lib.Training(cfg, mesh, rules)
         batch_sh = parallel.batch_sharding(mesh)
-        b, s, length = cfg.batch_size, cfg.image_size, cfg.text.max_len
-        batch = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jax.numpy.uint8, sharding=batch_sh),
-                 "text": jax.ShapeDtypeStruct((b, length), jax.numpy.int32, sharding=batch_sh),
-                 "bad_records": jax.ShapeDtypeStruct((b,), jax.numpy.int32, sharding=batch_sh)}
+        b, s = cfg.batch_size, cfg.image_size
+        batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+                 for k, (shape, dtype) in step_lib.batch_spec(cfg, b).items()}
         lowered = t.train_step.lower(t.abstract_state, batch)
         try:
             compiled = lowered.compile()
@@ -103,7 +105,7 @@ def compile_step(cfg, devices) -> dict:
         # layer, so with scan_layers it undercounts; model_flops_per_step is analytic.
         "compiler_flops_per_chip": float(cost.get("flops", 0.0)),
         "compiler_seconds_estimate": _positive(cost.get("optimal_seconds")),
-        "model_flops_per_step": perf.captioner_train_flops(cfg),
+        "model_flops_per_step": perf.train_flops(cfg),
         "compile_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -125,23 +127,40 @@ def main(argv):
     del argv
     cfg = FLAGS.config
     devices = topology_devices(FLAGS.topology, FLAGS.num_slices)
-    if FLAGS.num_slices > 1:
-        cfg.mesh.dcn_data = FLAGS.num_slices
     generation = FLAGS.topology.split(":")[0]
     hbm = (FLAGS.hbm_gib or HBM_GIB.get(generation, 0.0)) * 2**30
     if not hbm:
         raise app.UsageError(f"Unknown HBM size for {generation!r}: pass --hbm_gib.")
-    for label, stage_cfg in stages.select(cfg, FLAGS.stage):
-        compile_stage(stage_cfg, devices, hbm, {"stage": label} if label else {})
+    runs = [(config_flags.get_config_filename(FLAGS["config"]), cfg)]
+    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:])) for spec in FLAGS.compare]
+    results = []
+    for name, run_cfg in runs:
+        if FLAGS.num_slices > 1:
+            run_cfg.mesh.dcn_data = FLAGS.num_slices
+        for label, stage_cfg in stages.select(run_cfg, FLAGS.stage):
+            tag = {"config": name, **({"stage": label} if label else {})}
+            results.append((tag, *compile_stage(stage_cfg, devices, hbm, tag)))
+    if FLAGS.compare:
+        # Each compared config against the first config's same stage.
+        ratio = lambda a, b: a / b if a and b else None
+        base = {tag.get("stage", ""): (r, m) for tag, r, m in results if tag["config"] == runs[0][0]}
+        for tag, r, m in results:
+            if tag["config"] == runs[0][0] or tag.get("stage", "") not in base:
+                continue
+            b, b_max = base[tag.get("stage", "")]
+            print(json.dumps({"ratios_vs": runs[0][0], **tag, "total_bytes": ratio(r["total_bytes"], b["total_bytes"]),
+                              "max_per_chip_batch": ratio(m, b_max)}), flush=True)
 
 
-def compile_stage(cfg, devices, hbm: float, tag: dict):
-    """Compiles one stage's step (and searches its largest batch if asked); prints JSON lines."""
+def compile_stage(cfg, devices, hbm: float, tag: dict) -> tuple[dict, int | None]:
+    """Compiles one stage's step (and searches its largest batch if asked); prints JSON lines.
+    Returns the first compile's report and the largest per-chip batch found (None if not searched)."""
     if FLAGS.per_chip_batch:
         cfg.batch_size = FLAGS.per_chip_batch * len(devices)
-    fits = report(compile_step(cfg, devices), hbm, tag)["fits"]
+    first = report(compile_step(cfg, devices), hbm, tag)
+    fits = first["fits"]
     if not FLAGS.find_max_batch:
-        return
+        return first, None
     # Grow geometrically until it no longer fits, then bisect.
     step = FLAGS.batch_multiple
     lo = cfg.batch_size // len(devices) if fits else 0
@@ -158,6 +177,7 @@ def compile_stage(cfg, devices, hbm: float, tag: dict):
             hi = per_chip
     print(json.dumps({**tag, "max_per_chip_batch": lo, "first_not_fitting": hi, "topology": FLAGS.topology,
                       "image_size": cfg.image_size}), flush=True)
+    return first, lo
 
 
 if __name__ == "__main__":

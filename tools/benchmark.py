@@ -25,12 +25,13 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf, stages
-from openvision2.step import Training
+from openvision2 import config as config_lib, parallel, perf, stages, step as step_lib
+
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=True)
 flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
-flags.DEFINE_list("compare", [], "More config specs to run in the same process, with the same --config.* overrides.")
+flags.DEFINE_multi_string("compare", [], "Another config spec to run in the same process, with the same --config.* "
+                          "overrides (repeatable).")
 flags.DEFINE_string("stage", "", "Curriculum stage to measure (default: every stage of a staged config).")
 flags.DEFINE_bool("data", False, "Measure the input pipeline instead of the step: decoded, augmented, tokenised "
                   "images/s on real JPEG photos, for each --image_sizes x --workers.")
@@ -41,19 +42,31 @@ FLAGS = flags.FLAGS
 
 
 def synthetic_batch(cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    b, s, length = cfg.batch_size, cfg.image_size, cfg.text.max_len
-    text = rng.integers(3, cfg.model.vocab_size, size=(b, length)).astype(np.int32)
-    text[:, 0] = 1
-    text[:, -1] = 2
-    return {"image": rng.integers(0, 256, size=(b, s, s, 3)).astype(np.uint8), "text": text,
-            "bad_records": np.zeros((b,), np.int32)}
+    """Random data of exactly the recipe's batch layout: full-length captions (the most work),
+    random images, boxes covering a random part of each image."""
+    from openvision2.data.tokenizer import get_tokenizer
+    tok = get_tokenizer(cfg.text.vocab)
+    batch = {}
+    for key, (shape, dtype) in step_lib.batch_spec(cfg, cfg.batch_size).items():
+        if key == "image":
+            batch[key] = rng.integers(0, 256, size=shape).astype(np.uint8)
+        elif key == "box":
+            lo = rng.uniform(0.0, 0.5, size=(shape[0], 2))
+            batch[key] = np.concatenate([lo, lo + rng.uniform(0.2, 0.5, size=lo.shape)], axis=1).astype(np.float32)
+        elif key == "bad_records":
+            batch[key] = np.zeros(shape, np.int32)
+        else:
+            text = rng.integers(3, min(cfg.model.vocab_size, tok.vocab_size), size=shape).astype(np.int32)
+            text[:, 0], text[:, -1] = tok.bos_id, tok.eos_id
+            batch[key] = text
+    return batch
 
 
 def benchmark(cfg, name: str, steps: int, matmul_peak: float) -> dict:
     mesh = parallel.make_mesh(config_lib.validate(cfg, jax.device_count()))
     rules = parallel.logical_rules(cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        t = Training(cfg, mesh, rules)
+        t = step_lib.Training(cfg, mesh, rules)
         state = t.init(jax.random.key(0))
         batch = parallel.to_global(mesh, synthetic_batch(cfg, np.random.default_rng(0)), cfg.batch_size)
         compiled = t.train_step.lower(state, batch).compile()
@@ -65,7 +78,7 @@ def benchmark(cfg, name: str, steps: int, matmul_peak: float) -> dict:
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - start) / steps
-    flops = perf.captioner_train_flops(cfg)
+    flops = perf.train_flops(cfg)
     peak_bytes = None
     if mem is not None:
         peak_bytes = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -153,23 +166,24 @@ def main(argv):
         data_benchmark(FLAGS.config, [int(s) for s in FLAGS.image_sizes], [int(w) for w in FLAGS.workers],
                        FLAGS.batches)
         return
-    overrides = {a.split("=", 1)[0][len("--config."):]: a.split("=", 1)[1]
-                 for a in sys.argv[1:] if a.startswith("--config.") and "=" in a}
     runs = [(config_flags.get_config_filename(FLAGS["config"]), FLAGS.config)]
-    for spec in FLAGS.compare:
-        runs.append((spec, config_lib.apply_overrides(config_lib.load_config_file(spec), overrides)))
+    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:])) for spec in FLAGS.compare]
     matmul_peak = perf.measure_matmul_flops()
     results = []
     for name, cfg in runs:
         for label, stage_cfg in stages.select(cfg, FLAGS.stage):
             results.append(benchmark(stage_cfg, f"{name}[{label}]" if label else name, FLAGS.steps, matmul_peak))
+            results[-1]["stage"] = label
             print(json.dumps(results[-1]), flush=True)
-    if len(results) > 1:
-        base = results[0]
-        print(json.dumps({"ratios_vs": base["name"], **{
-            r["name"]: {"step_s": r["step_s"] / base["step_s"],
-                        "peak_bytes": (r["peak_bytes"] / base["peak_bytes"]) if base["peak_bytes"] else None}
-            for r in results[1:]}}))
+    if len(runs) > 1:
+        # Every other config against the first config's same stage, measured in this process.
+        base = {r["stage"]: r for r in results[:len(stages.select(runs[0][1], FLAGS.stage))]}
+        print(json.dumps({"ratios_vs": results[0]["name"], **{
+            r["name"]: {"vs": base[r["stage"]]["name"], "step_s": r["step_s"] / base[r["stage"]]["step_s"],
+                        "peak_bytes": (r["peak_bytes"] / base[r["stage"]]["peak_bytes"])
+                        if base[r["stage"]]["peak_bytes"] else None,
+                        "flops_per_step": r["flops_per_step"] / base[r["stage"]]["flops_per_step"]}
+            for r in results[len(base):] if r["stage"] in base}}))
 
 
 if __name__ == "__main__":

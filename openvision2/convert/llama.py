@@ -12,7 +12,6 @@ transposes only. A GGUF file reaches this table through
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
@@ -125,10 +124,13 @@ def load(tensors, cfg, target_flat, source: str) -> tuple[dict, table.Report]:
 
 
 def _decoder_template(cfg):
-    from openvision2.models.captioner import build_model  # Local: model code is only needed here.
-    images = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.uint8)
-    shapes = jax.eval_shape(lambda: build_model(cfg).init(jax.random.key(0), images, jnp.zeros((1, 1), jnp.int32)))
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), nn.unbox(shapes)["params"]["decoder"])
+    from openvision2 import step  # Local: model code is only needed here.
+    from openvision2.models import build_model
+    shapes = nn.unbox(jax.eval_shape(lambda: step.init_params(build_model(cfg), cfg, jax.random.key(0))))
+    if "decoder" not in shapes:
+        raise ValueError(f"objective={cfg.objective!r} has no LLaMA decoder to load {cfg.init_decoder_from!r} into; "
+                         "init_decoder_from works for captioning, openvision and mmgem.")
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["decoder"])
 
 
 def llama_to_ours(tensors, cfg, hf_config: dict | None = None) -> tuple[dict, table.Report]:

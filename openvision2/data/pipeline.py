@@ -48,6 +48,7 @@ _MASK64 = (1 << 64) - 1
 # (which hashes (seed, g, attempt) with small attempts) and of the augmentation rng.
 _SOURCE_SALT = 0x534F55524345  # "SOURCE"
 _CAPTION_SALT = 0x43415054  # "CAPT"
+_VIEWS_SALT = 0x56494557  # "VIEW": the contrastive text and region draws
 CAPTION_MODES = ("field", "random_field", "random_sentence")
 # A sentence ends at . ! or ? (possibly repeated, possibly followed by a closing quote or
 # bracket) followed by whitespace; so "3.5" and "a.b" do not split.
@@ -70,8 +71,9 @@ class Augment:
         return cls(cfg.image_size, d.augment, d.area_min, d.area_max, d.color_jitter, d.color_jitter_prob,
                    d.grayscale_prob)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return preprocess.train_transform(
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """(augmented image, the crop of the source it shows)."""
+        return preprocess.train_transform_with_box(
             img, self.image_size, rng, augment=self.augment, area_min=self.area_min, area_max=self.area_max,
             color_jitter=self.color_jitter, color_jitter_prob=self.color_jitter_prob,
             grayscale_prob=self.grayscale_prob)
@@ -156,6 +158,71 @@ class CaptionPicker:
         return text
 
 
+@dataclasses.dataclass(frozen=True)
+class Views:
+    """What an example carries beyond its image and caption, by recipe (`config.batch_fields`):
+
+    - `text_con`, the contrastive text tower's input: the caption itself (`"same"`) or a pick of
+      its own from the same record's caption fields (`"field"`, `"random_sentence"`), tokenised
+      to `contrastive_len`;
+    - `box` + `region_text`, one region of the record (MM-GEM's region stage): its box mapped
+      through the same crop as the image, in [0, 1] of the output, and its caption. Training
+      draws uniformly among the regions that stay at least `min_visible` visible; eval takes
+      the first such. A record with none is a bad record (replaced and counted).
+    """
+    contrastive: str = ""  # "" = no contrastive text
+    contrastive_fields: tuple[str, ...] = ()
+    contrastive_len: int = 0
+    regions: bool = False
+    min_visible: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg, *, train: bool = True) -> Views:
+        from openvision2 import config as config_lib  # Local: config imports nothing of the data layer.
+        fields = config_lib.batch_fields(cfg)
+        out = {}
+        if "text_con" in fields:
+            mode = cfg.data.get("contrastive_caption_mode", "field")
+            if mode != "same":
+                CaptionPicker(mode, caption_fields(cfg.data.caption_field))  # validates the mode
+            # Eval is deterministic: the contrastive text is the eval caption.
+            out.update(contrastive=mode if train else "same", contrastive_fields=caption_fields(cfg.data.caption_field),
+                       contrastive_len=fields["text_con"][0][0])
+        if "box" in fields:
+            out.update(regions=True, min_visible=float(cfg.mmgem.min_visible))
+        return cls(**out)
+
+    def text_lengths(self, max_len: int) -> dict[str, int]:
+        """Tokenised fields and their lengths, "text" included."""
+        out = {"text": max_len}
+        if self.contrastive:
+            out["text_con"] = self.contrastive_len
+        if self.regions:
+            out["region_text"] = max_len
+        return out
+
+    def extras(self, record: dict | None, caption: str, crop, rng: np.random.Generator | None) -> dict:
+        """The extra fields of one example; `rng` None = deterministic (eval)."""
+        out = {}
+        if self.contrastive == "same":
+            out["text_con"] = caption
+        elif self.contrastive:
+            out["text_con"] = CaptionPicker(self.contrastive, self.contrastive_fields)(record, rng)
+        if self.regions:
+            regions = (record or {}).get("regions") or []
+            if not regions:
+                raise ValueError(f"record {(record or {}).get('key')!r} has no regions; a region stage needs "
+                                 "records with 'regions' (box + caption)")
+            boxes, visible = preprocess.map_boxes([r["box"] for r in regions], crop, 1)
+            usable = np.flatnonzero(visible >= self.min_visible)
+            if not usable.size:
+                raise ValueError(f"record {record.get('key')!r}: no region stays {self.min_visible:.0%} visible "
+                                 "after the crop")
+            i = int(usable[0] if rng is None else usable[int(rng.integers(usable.size))])
+            out["box"], out["region_text"] = boxes[i], regions[i]["caption"]
+        return out
+
+
 def load_example(raw: bytes, caption: str | CaptionPicker,
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, str]:
     """Record bytes -> (uint8 image, caption); ValueError if any part is unusable.
@@ -186,7 +253,7 @@ class TrainBatch(grain.transforms.Map):
 
     def __init__(self, sources: list[tuple[list[str], float]], *, seed: int, caption: CaptionPicker,
                  augment: Augment, tokenizer: Tokenizer, max_len: int, global_batch: int, host_batch: int,
-                 host_offset: int):
+                 host_offset: int, views: Views = Views()):
         if not sources:
             raise ValueError("TrainBatch needs at least one source")
         self._sources = [grain.sources.ArrayRecordDataSource(list(paths)) for paths, _ in sources]
@@ -210,6 +277,7 @@ class TrainBatch(grain.transforms.Map):
             self._bounds.append(acc)
         self._seed = seed
         self._caption = caption
+        self._views = views
         self._augment = augment
         self._tokenizer = tokenizer
         self._max_len = max_len
@@ -222,8 +290,8 @@ class TrainBatch(grain.transforms.Map):
         u = (mix64(self._seed, g, _SOURCE_SALT) >> 11) / float(1 << 53)  # uniform in [0, 1)
         return bisect.bisect_right(self._bounds, u)
 
-    def example(self, g: int) -> tuple[np.ndarray, str, int]:
-        """Row for global element g: (image, caption, number of bad records skipped)."""
+    def example(self, g: int) -> tuple[dict, int]:
+        """Row for global element g: ({"image", "text", + views}, number of bad records skipped)."""
         k = self.source_index(g)
         source = self._sources[k]
         for attempt in range(MAX_BAD_PER_ROW):
@@ -234,10 +302,14 @@ class TrainBatch(grain.transforms.Map):
             else:
                 raw = source[mix64(self._seed, g, attempt) % len(source)]
             try:
-                # Fresh rngs per attempt: caption choice and augmentation depend on (seed, g) alone.
+                # Fresh rngs per attempt: caption choice, views and augmentation depend on (seed, g) alone.
                 caption_rng = np.random.default_rng([self._seed, g, _CAPTION_SALT]) if self._caption.random else None
-                img, text = load_example(raw, self._caption, caption_rng)
-                return self._augment(img, np.random.default_rng([self._seed, g])), text, attempt
+                record = records.decode_record(raw)
+                text = self._caption(record, caption_rng)
+                image, crop = self._augment(preprocess.decode_image(record["image"]),
+                                            np.random.default_rng([self._seed, g]))
+                extras = self._views.extras(record, text, crop, np.random.default_rng([self._seed, g, _VIEWS_SALT]))
+                return {"image": image, "text": text, **extras}, attempt
             except ValueError as e:
                 _warn_bad("train element", g, e)
         raise RuntimeError(f"train element {g}: {MAX_BAD_PER_ROW} records in a row were unreadable; "
@@ -247,11 +319,14 @@ class TrainBatch(grain.transforms.Map):
     def map(self, step: int) -> dict[str, np.ndarray]:
         first = step * self._global_batch + self._host_offset
         rows = [self.example(g) for g in range(first, first + self._host_batch)]
-        return {
-            "image": np.stack([r[0] for r in rows]),
-            "text": self._tokenizer.encode([r[1] for r in rows], self._max_len),
-            "bad_records": np.array([r[2] for r in rows], dtype=np.int32),
-        }
+        return {**_collate([r for r, _ in rows], self._tokenizer, self._views.text_lengths(self._max_len)),
+                "bad_records": np.array([bad for _, bad in rows], dtype=np.int32)}
+
+
+def _collate(rows: list[dict], tokenizer: Tokenizer, text_lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Rows of per-example fields -> batch arrays; text fields are tokenised to their lengths."""
+    return {key: tokenizer.encode([r[key] for r in rows], text_lengths[key]) if key in text_lengths
+            else np.stack([r[key] for r in rows]) for key in rows[0]}
 
 
 class RecordEvalSource:
@@ -268,6 +343,10 @@ class RecordEvalSource:
     def example(self, index: int) -> tuple[np.ndarray, str]:
         return load_example(self._source[index], self._caption)
 
+    def record(self, index: int) -> dict:
+        """The whole record (regions included), for the views that need more than image + caption."""
+        return records.decode_record(self._source[index])
+
     def describe(self) -> str:
         return f"{len(self.paths)} ArrayRecord shards"
 
@@ -276,33 +355,48 @@ class EvalBatch(grain.transforms.Map):
     """Eval batch index -> this host's rows, in dataset order, padded at the end with copies."""
 
     def __init__(self, source, *, num_examples: int, image_size: int,
-                 tokenizer: Tokenizer, max_len: int, global_batch: int, host_batch: int, host_offset: int):
+                 tokenizer: Tokenizer, max_len: int, global_batch: int, host_batch: int, host_offset: int,
+                 views: Views = Views()):
+        if views.regions and not hasattr(source, "record"):
+            raise ValueError(f"a region stage evaluates on region records, but the eval source is "
+                             f"{source.describe()}; set --config.data.eval_path to ArrayRecord shards with regions")
         self._source = source
+        self._views = views
         self._num_examples = num_examples
         self._image_size = image_size
         self._tokenizer = tokenizer
         self._max_len = max_len
         self._global_batch, self._host_batch, self._host_offset = global_batch, host_batch, host_offset
 
-    def example(self, g: int) -> tuple[np.ndarray, str, bool, int]:
-        """(image, caption, valid, bad); a bad eval record becomes an invalid row, not a crash."""
+    def example(self, g: int) -> tuple[dict, bool, int]:
+        """(row, valid, bad); a bad eval record becomes an invalid row, not a crash."""
         valid = g < self._num_examples
+        index = g % self._num_examples
         try:
-            img, text = self._source.example(g % self._num_examples)
-            return preprocess.eval_transform(img, self._image_size), text, valid, 0
+            img, text = self._source.example(index)
+            record = self._source.record(index) if self._views.regions else None
+            crop = preprocess.eval_crop_box(*img.shape[:2], self._image_size)
+            row = {"image": preprocess.eval_transform(img, self._image_size), "text": text,
+                   **self._views.extras(record, text, crop, None)}
+            return row, valid, 0
         except ValueError as e:
             _warn_bad("eval element", g, e)
-            return np.zeros((self._image_size, self._image_size, 3), np.uint8), "", False, 1
+            return self._blank(), False, 1
+
+    def _blank(self) -> dict:
+        row = {"image": np.zeros((self._image_size, self._image_size, 3), np.uint8), "text": ""}
+        if self._views.contrastive:
+            row["text_con"] = ""
+        if self._views.regions:
+            row.update(box=np.array([0.0, 0.0, 1.0, 1.0], np.float32), region_text="")
+        return row
 
     def map(self, batch_index: int) -> dict[str, np.ndarray]:
         first = batch_index * self._global_batch + self._host_offset
         rows = [self.example(g) for g in range(first, first + self._host_batch)]
-        return {
-            "image": np.stack([r[0] for r in rows]),
-            "text": self._tokenizer.encode([r[1] for r in rows], self._max_len),
-            "valid": np.array([r[2] for r in rows], dtype=bool),
-            "bad_records": np.array([r[3] for r in rows], dtype=np.int32),
-        }
+        return {**_collate([r for r, _, _ in rows], self._tokenizer, self._views.text_lengths(self._max_len)),
+                "valid": np.array([v for _, v, _ in rows], dtype=bool),
+                "bad_records": np.array([bad for _, _, bad in rows], dtype=np.int32)}
 
 
 def _shapes_dir(cfg) -> str:
@@ -409,7 +503,7 @@ def train_loader(cfg, tokenizer: Tokenizer, *, global_batch: int, host_batch: in
     return TrainBatch(
         [(paths, w) for _, w, paths in train_sources(cfg)], seed=cfg.seed, caption=CaptionPicker.from_config(cfg),
         augment=Augment.from_config(cfg), tokenizer=tokenizer, max_len=cfg.text.max_len, global_batch=global_batch,
-        host_batch=host_batch, host_offset=host_offset)
+        host_batch=host_batch, host_offset=host_offset, views=Views.from_config(cfg))
 
 
 def train_batches(cfg, tokenizer: Tokenizer, *, start_step: int, global_batch: int, host_batch: int,
@@ -446,7 +540,7 @@ def eval_batches(cfg, tokenizer: Tokenizer, *, global_batch: int, host_batch: in
     loader = EvalBatch(
         source, num_examples=num, image_size=cfg.image_size,
         tokenizer=tokenizer, max_len=cfg.text.max_len, global_batch=global_batch, host_batch=host_batch,
-        host_offset=host_offset)
+        host_offset=host_offset, views=Views.from_config(cfg, train=False))
     batches = grain.MapDataset.range(math.ceil(num / global_batch)).map(loader)
     return _iterate(batches, cfg.data.workers, cfg.data.prefetch)
 

@@ -84,6 +84,36 @@ def _resize_box(img: np.ndarray, box: tuple[int, int, int, int], size: tuple[int
     return np.asarray(Image.fromarray(img).resize(size, _RESAMPLE, box=box))
 
 
+def _eval_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """(width, height) of the image after eval's shorter-side resize."""
+    if height <= width:
+        return int(image_size * width / height), image_size
+    return image_size, int(image_size * height / width)
+
+
+def eval_crop_box(height: int, width: int, image_size: int) -> tuple[float, float, float, float]:
+    """The part of the source image (left, top, right, bottom, in source pixels) that
+    `eval_transform` keeps, for mapping region boxes along with the image."""
+    size = _eval_size(height, width, image_size)
+    sx, sy = size[0] / width, size[1] / height
+    top, left = (size[1] - image_size) // 2, (size[0] - image_size) // 2
+    return left / sx, top / sy, (left + image_size) / sx, (top + image_size) / sy
+
+
+def map_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], image_size: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Region boxes [N, 4] in source pixels -> (boxes in [0, 1] of the `crop` resized to the output
+    square, clipped to it; the fraction of each box's area that stays visible)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    left, top, right, bottom = crop
+    scale = np.array([right - left, bottom - top, right - left, bottom - top])
+    mapped = (boxes - np.array([left, top, left, top])) / scale
+    clipped = np.clip(mapped, 0.0, 1.0)
+    area = lambda b: np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    visible = area(clipped) / np.maximum(area(mapped), 1e-12)
+    return clipped.astype(np.float32), visible
+
+
 def eval_transform(img: np.ndarray, image_size: int) -> np.ndarray:
     """Resize the shorter side to `image_size` (bicubic), then take the central square.
 
@@ -93,10 +123,7 @@ def eval_transform(img: np.ndarray, image_size: int) -> np.ndarray:
     `preprocessor_config.json` reproduces this exactly.
     """
     height, width = img.shape[:2]
-    if height <= width:
-        size = (int(image_size * width / height), image_size)
-    else:
-        size = (image_size, int(image_size * height / width))
+    size = _eval_size(height, width, image_size)
     resized = _resize_box(img, (0, 0, width, height), size)
     top, left = (size[1] - image_size) // 2, (size[0] - image_size) // 2
     return np.ascontiguousarray(resized[top:top + image_size, left:left + image_size])
@@ -147,10 +174,15 @@ def to_grayscale(img: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def train_transform(img: np.ndarray, image_size: int, rng: np.random.Generator, *, augment: str, area_min: float,
-                    area_max: float, color_jitter: float, color_jitter_prob: float, grayscale_prob: float
-                    ) -> np.ndarray:
+def train_transform(img: np.ndarray, image_size: int, rng: np.random.Generator, **augment) -> np.ndarray:
     """Crop/resize to [S, S, 3] then photometric augmentation; no flips (captions name left/right)."""
+    return train_transform_with_box(img, image_size, rng, **augment)[0]
+
+
+def train_transform_with_box(img: np.ndarray, image_size: int, rng: np.random.Generator, *, augment: str,
+                             area_min: float, area_max: float, color_jitter: float, color_jitter_prob: float,
+                             grayscale_prob: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`train_transform`, also returning the crop (left, top, right, bottom) it took of the source."""
     height, width = img.shape[:2]
     if augment == "inception_crop":
         box = inception_crop_box(height, width, rng, area_min, area_max)
@@ -163,4 +195,4 @@ def train_transform(img: np.ndarray, image_size: int, rng: np.random.Generator, 
         out = colour_jitter(out, rng, color_jitter)
     if grayscale_prob > 0 and rng.uniform() < grayscale_prob:
         out = to_grayscale(out)
-    return out
+    return out, box

@@ -3,6 +3,10 @@
 A record is `{"key": str, "image": bytes, "captions": {field: str}}`. The image is kept
 exactly as encoded (JPEG/PNG bytes) so conversion never re-encodes, and several caption
 fields (e.g. alt-text and a re-caption) can live side by side; the config picks one.
+
+A record may also carry `"regions": [{"box": [x0, y0, x1, y1], "caption": str}, ...]`:
+boxes in pixels of the stored image (x to the right, y down, x1/y1 exclusive), each with
+its own caption. Region-level recipes (MM-GEM's second stage) read them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from array_record.python import array_record_module
 SHARD_SUFFIX = ".array_record"
 
 
-def encode_record(key: str, image: bytes, captions: dict[str, str]) -> bytes:
+def encode_record(key: str, image: bytes, captions: dict[str, str], regions: list[dict] | None = None) -> bytes:
     if not isinstance(key, str):
         raise TypeError(f"record key must be str, got {type(key).__name__}")
     if not isinstance(image, (bytes, bytearray)):
@@ -25,9 +29,24 @@ def encode_record(key: str, image: bytes, captions: dict[str, str]) -> bytes:
     for field, text in captions.items():
         if not isinstance(field, str) or not isinstance(text, str):
             raise TypeError(f"captions must map str to str, got {field!r}: {type(text).__name__}")
-    return msgpack.packb(
-            {"key": key, "image": bytes(image), "captions": dict(captions)}, use_bin_type=True
-    )
+    record = {"key": key, "image": bytes(image), "captions": dict(captions)}
+    if regions is not None:
+        record["regions"] = [{"box": [float(v) for v in r["box"]], "caption": r["caption"]} for r in regions]
+        _check_regions(record["regions"], TypeError)
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def _check_regions(regions, error) -> None:
+    if not isinstance(regions, list):
+        raise error("record field 'regions' must be a list")
+    for r in regions:
+        box = r.get("box") if isinstance(r, dict) else None
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise error(f"region {r!r} needs a 'box' of 4 numbers [x0, y0, x1, y1]")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise error(f"region box {box} is empty: need x1 > x0 and y1 > y0")
+        if not isinstance(r.get("caption"), str):
+            raise error(f"region {r!r} needs a string 'caption'")
 
 
 def decode_record(raw: bytes) -> dict:
@@ -50,6 +69,8 @@ def decode_record(raw: bytes) -> dict:
             isinstance(k, str) and isinstance(v, str) for k, v in captions.items()
     ):
         raise ValueError("record field 'captions' must map strings to strings")
+    if "regions" in record:
+        _check_regions(record["regions"], ValueError)
     return record
 
 

@@ -1,7 +1,8 @@
 """Synthetic "shapes" captioning set: the demo data that ships with the code (nothing to download).
 
 Each image shows 1-3 coloured circles/squares/triangles on a dark background; the caption names
-each shape's colour and kind from left to right. Shapes never overlap horizontally, so the
+each shape's colour and kind from left to right, and every shape is also a region (its box and
+its own caption, e.g. "a red circle.") for the region-level recipes. Shapes never overlap horizontally, so the
 left-to-right order is unambiguous and the caption is a function of the pixels. Everything is a
 pure function of (seed, index), so every host regenerates identical bytes.
 """
@@ -34,8 +35,9 @@ COLOURS = {
 KINDS = ("circle", "square", "triangle")
 VOCAB_WORDS = ("a", "an", "and", *COLOURS, *KINDS)
 CAPTION_FIELD = "caption"
-# Bump when rendering changes so cached datasets are not silently reused.
-FORMAT_VERSION = 1
+# Bump when rendering or the record layout changes so cached datasets are not silently reused.
+# 2: records carry each shape's box and caption as regions.
+FORMAT_VERSION = 2
 
 _GAP_FRACTION = 0.04  # Minimum empty margin between shapes and the border, as a fraction of the side.
 _SIZE_RANGE = (0.35, 0.5)  # Shape side as a fraction of the image side, when it fits.
@@ -122,10 +124,16 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def regions(shapes: list[Shape]) -> list[dict]:
+    """One region per shape: its bounding box and its own one-shape caption."""
+    return [{"box": [s.x, s.y, s.x + s.size, s.y + s.size], "caption": caption([s])} for s in shapes]
+
+
 def example(seed: int, index: int, image_size: int) -> bytes:
     """The encoded record for example `index`; one shape count per residue mod 3 keeps 1/2/3 balanced."""
-    image, text = render(np.random.default_rng([seed, index]), image_size, 1 + index % 3)
-    return records.encode_record(f"shapes-{seed}-{index:07d}", encode_png(image), {CAPTION_FIELD: text})
+    image, text, shapes = render_with_layout(np.random.default_rng([seed, index]), image_size, 1 + index % 3)
+    return records.encode_record(f"shapes-{seed}-{index:07d}", encode_png(image), {CAPTION_FIELD: text},
+                                 regions(shapes))
 
 
 def generate(num: int, seed: int, image_size: int) -> Iterator[bytes]:

@@ -1,4 +1,5 @@
-"""ViT encoder + projector + LLaMA decoder: the OpenVision 2 captioner."""
+"""ViT encoder + projector + LLaMA decoder: the OpenVision 2 captioner, and OpenVision v1
+(the same captioner plus a CLIP-style text tower and a contrastive head)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from openvision2 import config as config_lib
 from openvision2.models.decoder import Decoder, Projector
+from openvision2.models.text_encoder import ContrastiveHead, TextEncoder
 from openvision2.models.vit import ViT
 
 Dtype = Any
@@ -52,27 +53,61 @@ class Captioner(nn.Module):
         logits, _ = self.decoder(x, jnp.concatenate([prefix_pos, text_pos], axis=1))
         return logits[:, prefix.shape[1]:]
 
+    def caption_prefix(self, images_uint8):
+        """What greedy captioning starts from: (prefix embeddings, their positions), unmasked."""
+        return self.visual_prefix(self.encode(images_uint8)["prenorm"])
+
     def __call__(self, images_uint8, text_in, keep_idx=None):
         enc = self.encode(images_uint8)
         prefix, pos = self.visual_prefix(enc["prenorm"], keep_idx)
         logits = self.decode_text(prefix, pos, text_in, enc["prenorm"].shape[1])
         return {"logits": logits, "encoder": enc}
 
+    def initialise(self, batch):
+        """Touches every parameter (what `init` runs, on a batch of the recipe's fields)."""
+        return self(batch["image"], batch["text"][:, :-1])
 
-def build_model(cfg, mode: str = "train") -> Captioner:
-    """The captioner a config describes; `mode` picks the decoder's cache mode."""
-    m = cfg.model
-    dtype = jnp.dtype(m.dtype)
-    param_dtype = jnp.dtype(m.param_dtype)
-    attention_impl = m.get("attention_impl") or None
-    dec_size = config_lib.decoder_size(m.decoder)
-    encoder = ViT(
-        config_lib.encoder_size(m.encoder), posemb=m.posemb, cls_token=m.cls_token, pool=m.pool,
-        scan=m.scan_layers, remat_policy=m.remat_policy, approximate_gelu=m.approximate_gelu,
-        attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
-    decoder = Decoder(
-        dec_size, vocab_size=m.vocab_size, kv_heads=m.kv_heads, tie_embeddings=m.tie_embeddings,
-        rope_theta=m.rope_theta, mode=mode, scan=m.scan_layers, remat_policy=m.remat_policy,
-        attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
-    projector = Projector(m.projector, dec_size.width, dtype=dtype, param_dtype=param_dtype)
-    return Captioner(encoder=encoder, decoder=decoder, projector=projector)
+
+class OpenVisionV1(Captioner):
+    """OpenVision v1 / CLIPS: the captioner plus a text tower and a contrastive head."""
+
+    text_encoder: TextEncoder
+    head: ContrastiveHead
+
+    def embed_texts(self, text):
+        return self.head.text(self.text_encoder(text))
+
+    def embed_pooled(self, pooled):
+        return self.head.image(pooled)
+
+    def initialise(self, batch):
+        out = super().initialise(batch)
+        return {**out, "image_embedding": self.embed_pooled(out["encoder"]["pooled"]),
+                "text_embedding": self.embed_texts(batch["text_con"]), "scale_and_bias": self.head.scale_and_bias()}
+
+
+class TwoTower(nn.Module):
+    """CLIP / SigLIP: image tower and text tower meeting in one embedding space."""
+
+    encoder: ViT
+    text_encoder: TextEncoder
+    head: ContrastiveHead
+
+    def encode(self, images_uint8):
+        return self.encoder(normalize(images_uint8, self.encoder.dtype))
+
+    def embed_texts(self, text):
+        return self.head.text(self.text_encoder(text))
+
+    def embed_pooled(self, pooled):
+        return self.head.image(pooled)
+
+    def __call__(self, images_uint8, text):
+        enc = self.encode(images_uint8)
+        return {"encoder": enc, "image_embedding": self.embed_pooled(enc["pooled"]),
+                "text_embedding": self.embed_texts(text), "scale_and_bias": self.head.scale_and_bias()}
+
+    def initialise(self, batch):
+        return self(batch["image"], batch["text_con"])
+
+

@@ -37,9 +37,10 @@ class DecoderBlock(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attention_impl: str | None
+    cross: bool = False  # a cross-attention sublayer over `context` after self-attention (CoCa)
 
     @nn.compact
-    def __call__(self, x, cache, positions, cache_index):
+    def __call__(self, x, cache, positions, cache_index, context=None):
         s, kw = self.size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         head_dim = s.width // s.heads
         b, t, _ = x.shape
@@ -63,6 +64,16 @@ class DecoderBlock(nn.Module):
             new_cache = (k, v) if self.mode == "prefill" else None
         y = layers.dense(s.width, ("heads", "embed"), use_bias=False, name="o", **kw)(y.reshape(b, t, -1))
         x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
+        if self.cross:
+            # No positions on either side: the context is a set (pooled image queries).
+            y = layers.RMSNorm(name="ln_cross", **kw)(x)
+            q = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_q", **kw)(y)
+            k = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_k", **kw)(context)
+            v = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_v", **kw)(context)
+            split = lambda z: z.reshape(*z.shape[:2], s.heads, head_dim)
+            y = layers.attention(split(q), split(k), split(v), causal=False, implementation=None)
+            y = layers.dense(s.width, ("heads", "embed"), use_bias=False, name="cross_o", **kw)(y.reshape(b, t, -1))
+            x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
         y = layers.RMSNorm(name="ln2", **kw)(x)
         gate = layers.dense(s.mlp_dim, ("embed", "mlp"), use_bias=False, name="gate", **kw)(y)
         up = layers.dense(s.mlp_dim, ("embed", "mlp"), use_bias=False, name="up", **kw)(y)
@@ -111,15 +122,13 @@ class Decoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed = nn.Embed(self.vocab_size, s.width, name="embed", embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(stddev=0.02), ("vocab", "embed")), **kw)
-        block = layers.remat(DecoderBlock, self.remat_policy) if self.mode == "train" else DecoderBlock
-        block_kw = dict(size=s, kv_heads=self.kv_heads or s.heads, mode=self.mode, rope_theta=self.rope_theta,
-                        attention_impl=self.attention_impl, **kw)
+        stack = block_stack(s.depth, scan=self.scan, remat_policy=self.remat_policy, mode=self.mode, size=s,
+                            kv_heads=self.kv_heads or s.heads, rope_theta=self.rope_theta,
+                            attention_impl=self.attention_impl, **kw)
         if self.scan:
-            self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=s.depth,
-                                  in_axes=(0, nn.broadcast, nn.broadcast),
-                                  metadata_params={nn.PARTITION_NAME: "layers"})(**block_kw)
+            self.blocks = stack
         else:
-            self.block_list = [block(name=f"block_{i}", **block_kw) for i in range(s.depth)]
+            self.block_list = stack
         self.ln_final = layers.RMSNorm(**kw)
         if not self.tie_embeddings:
             self.lm_head = layers.dense(self.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head",
@@ -128,25 +137,55 @@ class Decoder(nn.Module):
     def embed_tokens(self, ids):
         return self.embed(ids)
 
+    def features(self, x, positions, cache=None, cache_index=None):
+        """Final (normed) hidden states [B,T,width] of `x` and the new cache."""
+        x, new_cache = run_stack(self.blocks if self.scan else self.block_list,
+                                 layers.constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed")),
+                                 positions, cache, cache_index)
+        return self.ln_final(x), new_cache
+
+    def logits(self, h):
+        logits = self.embed.attend(h) if self.tie_embeddings else self.lm_head(h)
+        return layers.constrain(logits, ("act_batch", "act_len", "act_vocab"))
+
     def __call__(self, x, positions, cache=None, cache_index=None):
         """x: [B,T,width] already-embedded inputs; returns (logits [B,T,vocab], new cache).
 
         `cache` is a (keys, values) pair stacked over layers, [depth,B,S,kv,hd] each.
         """
-        x = layers.constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"))
-        if self.scan:
-            x, new_cache = self.blocks(x, cache, positions, cache_index)
-        else:
-            caches = []
-            for i, blk in enumerate(self.block_list):
-                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-                x, c = blk(x, layer_cache, positions, cache_index)
-                caches.append(c)
-            new_cache = None if caches[0] is None else jax.tree.map(lambda *c: jnp.stack(c), *caches)
-        x = self.ln_final(x)
-        if self.tie_embeddings:
-            logits = self.embed.attend(x)
-        else:
-            logits = self.lm_head(x)
-        logits = layers.constrain(logits, ("act_batch", "act_len", "act_vocab"))
-        return logits, new_cache
+        h, new_cache = self.features(x, positions, cache, cache_index)
+        return self.logits(h), new_cache
+
+
+def block_stack(depth: int, *, scan: bool, remat_policy: str, mode: str, prefix: str = "block", **block_kw):
+    """For `setup()`: `depth` decoder blocks, one scanned module (named by the attribute it is
+    assigned to, params stacked on a `layers` axis) or a list of blocks `<prefix>_0`, ..."""
+    block = layers.remat(DecoderBlock, remat_policy) if mode == "train" else DecoderBlock
+    block_kw = dict(mode=mode, **block_kw)
+    if scan:
+        return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth,
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                       metadata_params={nn.PARTITION_NAME: "layers"})(**block_kw)
+    return [block(name=f"{prefix}_{i}", **block_kw) for i in range(depth)]
+
+
+def run_stack(stack, x, positions, cache=None, cache_index=None, context=None):
+    """Runs a `block_stack`; returns (x, new cache stacked over layers or None)."""
+    if not isinstance(stack, (list, tuple)):
+        return stack(x, cache, positions, cache_index, context)
+    caches = []
+    for i, blk in enumerate(stack):
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x, c = blk(x, layer_cache, positions, cache_index, context)
+        caches.append(c)
+    return x, None if caches[0] is None else jax.tree.map(lambda *c: jnp.stack(c), *caches)
+
+
+def pad_cache(cache, total: int):
+    """Pads a prefill cache ([depth,B,S,kv,hd] keys and values) to `total` positions for decoding."""
+    def pad(c):
+        widths = [(0, 0)] * c.ndim
+        widths[2] = (0, total - c.shape[2])
+        return jnp.pad(c, widths)
+
+    return jax.tree.map(pad, cache)

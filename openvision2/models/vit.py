@@ -27,6 +27,7 @@ class EncoderBlock(nn.Module):
     param_dtype: Dtype
     approximate_gelu: bool
     attention_impl: str | None
+    causal: bool = False  # True in the CLIP-style text tower
 
     @nn.compact
     def __call__(self, x, _):
@@ -36,7 +37,7 @@ class EncoderBlock(nn.Module):
         q, k, v = (layers.dense(s.width, ("embed", "heads"), use_bias=True, name=n, **kw)(y)
                    for n in ("q", "k", "v"))
         split = lambda t: t.reshape(*t.shape[:2], s.heads, head_dim)
-        y = layers.attention(split(q), split(k), split(v), causal=False, implementation=self.attention_impl)
+        y = layers.attention(split(q), split(k), split(v), causal=self.causal, implementation=self.attention_impl)
         y = y.reshape(*x.shape[:2], s.width)
         y = layers.dense(s.width, ("heads", "embed"), use_bias=True, name="o", **kw)(y)
         x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
@@ -46,6 +47,20 @@ class EncoderBlock(nn.Module):
         y = layers.dense(s.width, ("mlp", "embed"), use_bias=True, name="fc2", **kw)(y)
         x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
         return x, None
+
+
+def encoder_stack(x, size: EncoderSize, *, scan: bool, remat_policy: str, causal: bool = False, **block_kw):
+    """`size.depth` pre-LN blocks, scanned (params `blocks`, stacked on a `layers` axis) or
+    unrolled (`block_0`, `block_1`, ...). Call from inside a compact module."""
+    block = layers.remat(EncoderBlock, remat_policy)
+    block_kw = dict(size=size, causal=causal, **block_kw)
+    if scan:
+        x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=size.depth,
+                       metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks", **block_kw)(x, None)
+    else:
+        for i in range(size.depth):
+            x, _ = block(name=f"block_{i}", **block_kw)(x, None)
+    return x
 
 
 class MAPHead(nn.Module):
@@ -116,14 +131,8 @@ class ViT(nn.Module):
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, s.width)), x], axis=1)
         x = layers.constrain(x, ("act_batch", "act_len", "act_embed"))
 
-        block = layers.remat(EncoderBlock, self.remat_policy)
-        block_kw = dict(size=s, approximate_gelu=self.approximate_gelu, attention_impl=self.attention_impl, **kw)
-        if self.scan:
-            x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=s.depth,
-                           metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks", **block_kw)(x, None)
-        else:
-            for i in range(s.depth):
-                x, _ = block(name=f"block_{i}", **block_kw)(x, None)
+        x = encoder_stack(x, s, scan=self.scan, remat_policy=self.remat_policy, approximate_gelu=self.approximate_gelu,
+                          attention_impl=self.attention_impl, **kw)
         prenorm = x
         tokens = layers.layer_norm(name="ln_final", **kw)(x)
 

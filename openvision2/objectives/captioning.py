@@ -3,6 +3,18 @@
 Token-weighted mean over real target tokens (`[eos]` included, padding
 excluded). The sum and the count are returned too, so gradient accumulation
 and multi-device means stay exact: divide once, after summing.
+
+Every objective implements the same small interface, which the one trainer calls:
+- `captions` / `embeds`: what it trains, so eval knows what to measure (caption
+  loss, token accuracy and greedy exact match; image-text retrieval);
+- `prepare(batch, step)`: the step's random choices (token masks) for the global batch;
+- `loss(model, params, batch) -> (numerator, sums)`: the trainer differentiates
+  `numerator` and divides it (and the gradient) by `sums["count"]` once; `sums` may
+  carry `correct` (token accuracy), `tokens` and `scalars` (logged as `train/<name>`);
+- `eval_sums(model, params, batch)` (captioning objectives): teacher-forced sums over
+  the batch's valid rows, no masking;
+- `embed(model, params, batch) -> (image, text)` (embedding objectives): embeddings
+  for retrieval eval.
 """
 
 from __future__ import annotations
@@ -39,10 +51,22 @@ def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
     }
 
 
+def pad_id(cfg) -> int:
+    from openvision2.data.tokenizer import get_tokenizer  # Local: objectives need only the special ids.
+    return get_tokenizer(cfg.text.vocab).pad_id
+
+
+def valid_text(batch, pad: int):
+    """Eval batches pad the last batch with copies marked invalid: their text becomes all padding."""
+    return jnp.where(batch["valid"][:, None], batch["text"], pad)
+
+
 class Captioning:
     """OpenVision 2: image -> (masked) visual prefix -> decoder -> caption CE."""
 
     name = "captioning"
+    captions = True
+    embeds = False
 
     def __init__(self, cfg):
         self.keep_ratio = float(cfg.keep_ratio)
@@ -51,6 +75,7 @@ class Captioning:
         self.seed = int(cfg.seed)
         self.patch = encoder_size(cfg.model.encoder).patch
         self.cls_token = bool(cfg.model.cls_token)
+        self.pad_id = pad_id(cfg)
 
     def prepare(self, batch, step):
         """Adds the training step's random choices for the whole global batch.
@@ -64,19 +89,24 @@ class Captioning:
                                                num_tokens, self.keep_ratio)
         return batch if keep_idx is None else {**batch, "keep_idx": keep_idx}
 
-    def loss(self, model, params, batch):
-        """Returns (weighted loss sum to differentiate, sums incl. the `count` normaliser).
-
-        Masks only what `prepare` chose (`keep_idx`); without it (eval,
-        inference) the decoder sees every visual token. The caller divides by
-        the (global, accumulated) count once.
-        """
-        inputs, targets, weights = shift_tokens(batch["text"])
+    def caption_sums(self, model, params, batch):
+        """CE sums of the captioner over `batch["text"]`, masking what `prepare` chose (`keep_idx`);
+        without it (eval, inference) the decoder sees every visual token."""
+        inputs, targets, weights = shift_tokens(batch["text"], self.pad_id)
         enc = model.apply({"params": params}, batch["image"], method=model.encode)
         logits = model.apply({"params": params}, enc["prenorm"], batch.get("keep_idx"), inputs,
                              enc["prenorm"].shape[1], method=_teacher_forced)
-        sums = cross_entropy(logits, targets, weights, self.z_loss)
+        return cross_entropy(logits, targets, weights, self.z_loss), enc
+
+    def loss(self, model, params, batch):
+        """Returns (weighted loss sum to differentiate, sums incl. the `count` normaliser).
+        The caller divides by the (global, accumulated) count once."""
+        sums, _ = self.caption_sums(model, params, batch)
         return self.loss_weight * (sums["loss_sum"] + sums["z_sum"]), sums
+
+    def eval_sums(self, model, params, batch):
+        sums, _ = self.caption_sums(model, params, {**batch, "text": valid_text(batch, self.pad_id)})
+        return sums
 
 
 def _teacher_forced(module, prenorm, keep_idx, inputs, num_tokens):

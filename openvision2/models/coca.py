@@ -1,0 +1,166 @@
+"""CoCa: a contrastive captioner with a text decoder split in two.
+
+- The image side: the ViT, then two attentional poolers over its tokens: one
+  query for the contrastive embedding, `caption_queries` queries as the
+  context the captioning layers cross-attend to (projected to decoder width).
+- The text side: LLaMA-style blocks (RMSNorm, SwiGLU, RoPE). The first
+  `unimodal_layers` see only text, causally; a learned CLS vector takes the
+  place of the caption's `[eos]` embedding, so its output has read exactly the
+  caption and, normed and projected, is the text embedding. The remaining
+  layers add cross-attention to the image context and predict the caption.
+  (Putting CLS in the `[eos]` slot rather than after the padding needs no
+  padding mask: causal attention already keeps the padding out, and the
+  position only ever predicts padding, which carries no loss.)
+
+Generation runs both halves with KV caches, one token at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from openvision2.config import DecoderSize
+from openvision2.models import layers
+from openvision2.models.captioner import normalize
+from openvision2.models.decoder import block_stack, pad_cache, run_stack
+from openvision2.models.text_encoder import ContrastiveHead, eos_positions
+from openvision2.models.vit import ViT
+
+Dtype = Any
+
+
+class AttentionalPooler(nn.Module):
+    """`num_queries` learned queries cross-attending to the tokens: [B, N, D] -> [B, Q, D]."""
+
+    num_queries: int
+    heads: int
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, tokens):
+        b, _, width = tokens.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        queries = self.param("queries", nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
+                                                                    (None, "embed")),
+                             (self.num_queries, width), self.param_dtype)
+        y = layers.layer_norm(name="ln_context", **kw)(tokens)
+        q = layers.dense(width, ("embed", "heads"), use_bias=True, name="q", **kw)(
+            jnp.broadcast_to(queries.astype(self.dtype), (b, self.num_queries, width)))
+        k = layers.dense(width, ("embed", "heads"), use_bias=True, name="k", **kw)(y)
+        v = layers.dense(width, ("embed", "heads"), use_bias=True, name="v", **kw)(y)
+        split = lambda t: t.reshape(*t.shape[:2], self.heads, width // self.heads)
+        out = layers.attention(split(q), split(k), split(v), causal=False, implementation=None)
+        out = layers.dense(width, ("heads", "embed"), use_bias=True, name="o", **kw)(out.reshape(b, -1, width))
+        return layers.layer_norm(name="ln_out", **kw)(out)
+
+
+class CoCa(nn.Module):
+    encoder: ViT
+    size: DecoderSize
+    vocab_size: int
+    eos_id: int
+    unimodal_layers: int
+    caption_queries: int
+    embed_dim: int
+    init_scale: float
+    kv_heads: int = 0
+    rope_theta: float = 10_000.0
+    mode: str = "train"
+    scan: bool = True
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        s, kw = self.size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if not 0 < self.unimodal_layers < s.depth:
+            raise ValueError(f"coca.unimodal_layers={self.unimodal_layers} must leave both halves of the "
+                             f"{s.depth}-layer decoder at least one layer.")
+        heads = self.encoder.size.heads
+        self.contrastive_pooler = AttentionalPooler(1, heads, **kw)
+        self.caption_pooler = AttentionalPooler(self.caption_queries, heads, **kw)
+        self.context_proj = layers.dense(s.width, ("embed", "embed_out"), use_bias=False, name="context_proj", **kw)
+        self.embed = nn.Embed(self.vocab_size, s.width, embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=0.02), ("vocab", "embed")), **kw)
+        self.cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("embed",)),
+                              (s.width,), self.param_dtype)
+        stack_kw = dict(scan=self.scan, remat_policy=self.remat_policy, mode=self.mode, size=s,
+                        kv_heads=self.kv_heads or s.heads, rope_theta=self.rope_theta,
+                        attention_impl=self.attention_impl, **kw)
+        self.unimodal = block_stack(self.unimodal_layers, prefix="unimodal", **stack_kw)
+        self.multimodal = block_stack(s.depth - self.unimodal_layers, prefix="multimodal", cross=True, **stack_kw)
+        self.ln_cls = layers.RMSNorm(**kw)
+        self.ln_final = layers.RMSNorm(**kw)
+        self.lm_head = layers.dense(self.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head",
+                                    kernel_init=nn.initializers.normal(stddev=0.02), **kw)
+        self.head = ContrastiveHead(self.embed_dim, init_scale=self.init_scale, **kw)
+
+    def encode(self, images_uint8):
+        return self.encoder(normalize(images_uint8, self.encoder.dtype))
+
+    def image_context(self, tokens):
+        return self.context_proj(self.caption_pooler(tokens))
+
+    def embed_pooled_tokens(self, tokens):
+        return self.head.image(self.contrastive_pooler(tokens)[:, 0])
+
+    def _unimodal(self, text):
+        """Unimodal pass over the whole caption with CLS in its `[eos]` slot: (hidden, CLS output)."""
+        eos = eos_positions(text, self.eos_id)
+        x = self.embed(text).astype(self.dtype)
+        is_cls = (jnp.arange(text.shape[1])[None] == eos[:, None])[..., None]
+        x = jnp.where(is_cls, self.cls.astype(self.dtype), x)
+        positions = jnp.broadcast_to(jnp.arange(text.shape[1], dtype=jnp.int32), text.shape)
+        h, _ = run_stack(self.unimodal, x, positions)
+        cls_out = jnp.take_along_axis(h, eos[:, None, None], axis=1)[:, 0]
+        return h, positions, self.ln_cls(cls_out)
+
+    def embed_texts(self, text):
+        return self.head.text(self._unimodal(text)[2])
+
+    def _logits(self, h):
+        return layers.constrain(self.lm_head(self.ln_final(h)), ("act_batch", "act_len", "act_vocab"))
+
+    def __call__(self, images_uint8, text):
+        """Teacher-forced: `text` is the whole `[bos] ... [eos] [pad]...` row; logits predict text[:, 1:]."""
+        enc = self.encode(images_uint8)
+        h, positions, cls_out = self._unimodal(text)
+        h, _ = run_stack(self.multimodal, h[:, :-1], positions[:, :-1], context=self.image_context(enc["tokens"]))
+        return {"logits": self._logits(h), "encoder": enc, "image_embedding": self.embed_pooled_tokens(enc["tokens"]),
+                "text_embedding": self.head.text(cls_out), "scale_and_bias": self.head.scale_and_bias()}
+
+    def initialise(self, batch):
+        return self(batch["image"], batch["text"])
+
+    def prefill(self, images_uint8, bos_ids, total: int):
+        """Generation start: (logits after `[bos]`, caches + context, text position of `[bos]`)."""
+        context = self.image_context(self.encode(images_uint8)["tokens"])
+        x = self.embed(bos_ids[:, None]).astype(self.dtype)
+        pos = jnp.zeros((bos_ids.shape[0], 1), jnp.int32)
+        h, uni = run_stack(self.unimodal, x, pos)
+        h, multi = run_stack(self.multimodal, h, pos, context=context)
+        return self._logits(h)[:, -1], (pad_cache(uni, total), pad_cache(multi, total), context), 0
+
+    def decode_step(self, token, position, state, cache_index):
+        uni, multi, context = state
+        x = self.embed(token[:, None]).astype(self.dtype)
+        h, uni = run_stack(self.unimodal, x, position[:, None], uni, cache_index)
+        h, multi = run_stack(self.multimodal, h, position[:, None], multi, cache_index, context=context)
+        return self._logits(h)[:, 0], (uni, multi, context)
+
+
+def build(cfg, mode: str = "train") -> CoCa:
+    from openvision2 import config as config_lib, models
+    from openvision2.data.tokenizer import get_tokenizer
+    m, size = cfg.model, config_lib.decoder_size(cfg.model.decoder)
+    return CoCa(models.build_vit(cfg), size, vocab_size=m.vocab_size, eos_id=get_tokenizer(cfg.text.vocab).eos_id,
+                unimodal_layers=int(cfg.coca.unimodal_layers or size.depth // 2),
+                caption_queries=int(cfg.coca.caption_queries), embed_dim=models.embed_dim(cfg),
+                init_scale=1.0 / models.init_temperature(cfg), kv_heads=m.kv_heads, rope_theta=m.rope_theta,
+                mode=mode, scan=m.scan_layers, remat_policy=m.remat_policy,
+                attention_impl=models.attention_impl(cfg), **models.dtypes(cfg))
