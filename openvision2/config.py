@@ -291,6 +291,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.rope_theta = 10_000.0
     c.model.projector = "mlp"
     c.model.posemb = "sincos"
+    c.model.pixel_norm = "imagenet"  # input normalisation: imagenet (OpenVision 2's) | siglip ([-1, 1]) | clip
     c.model.cls_token = False
     c.model.pool = "gap"
     c.model.approximate_gelu = True

@@ -20,7 +20,7 @@ from openvision2.convert import init as convert_init, llava, table
 from openvision2.data import preprocess, shapes
 from openvision2.data.tokenizer import get_tokenizer
 from openvision2.models import build_model
-from openvision2.models.captioner import normalize
+from openvision2.models.vit import PIXEL_NORMS, normalize
 from tests.test_models import tiny_cfg
 from tests.test_train import tiny_train_cfg
 
@@ -60,7 +60,7 @@ def _random_params(cfg_json, seed):
 
 
 def our_encoder(params, cfg, images_uint8):
-    out = build_model(cfg).encoder.apply({"params": params["encoder"]}, normalize(images_uint8))
+    out = build_model(cfg).encoder.apply({"params": params["encoder"]}, normalize(images_uint8, cfg.model.pixel_norm))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -69,9 +69,9 @@ def images(n, size, seed=7):
     return np.stack([shapes.render(rng, size, int(rng.integers(1, 4)))[0] for _ in range(n)])
 
 
-def nchw(images_uint8):
+def nchw(images_uint8, norm="imagenet"):
     torch = need("torch")
-    return torch.from_numpy(np.array(normalize(images_uint8))).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.array(normalize(images_uint8, norm))).permute(0, 3, 1, 2).contiguous()
 
 
 @pytest.mark.parametrize("pool", ["gap", "map"])
@@ -90,27 +90,34 @@ def test_hf_export_is_our_encoder(tmp_path, pool):
     x = images(3, cfg.image_size)
     ours = our_encoder(params, cfg, x)
     with torch.no_grad():
-        out = model(pixel_values=nchw(x), output_hidden_states=True)
+        out = model(pixel_values=nchw(x, cfg.model.pixel_norm), output_hidden_states=True)
     np.testing.assert_allclose(out.last_hidden_state.numpy(), ours["tokens"], atol=1e-4)
     np.testing.assert_allclose(out.hidden_states[-1].numpy(), ours["prenorm"], atol=1e-4)  # what LLaVA reads
     if pool == "map":
         np.testing.assert_allclose(out.pooler_output.numpy(), ours["pooled"], atol=1e-4)
 
 
-def test_image_processor_reproduces_eval_preprocessing(tmp_path):
+@pytest.mark.parametrize("norm", ["siglip", "imagenet"])
+def test_image_processor_reproduces_eval_preprocessing(tmp_path, norm):
     transformers = need("transformers")
     need("transformers", "CLIPImageProcessor")
     from openvision2.convert import siglip
-    cfg = model_cfg()
+    cfg = model_cfg(pixel_norm=norm)
     cfg.image_size = 48
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(siglip.preprocessor_config(cfg)))
     photos = [need("skimage.data").chelsea(), need("skimage.data").astronaut()[:300], images(1, 64)[0]]
-    ours = np.stack([np.asarray(normalize(preprocess.eval_transform(p, 48))) for p in photos])
+    ours = np.stack([np.asarray(normalize(preprocess.eval_transform(p, 48), norm)) for p in photos])
     pil = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
-    proc = transformers.AutoImageProcessor.from_pretrained(str(tmp_path), **pil)
-    theirs = proc(images=[Image.fromarray(p) for p in photos], return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(theirs.transpose(0, 2, 3, 1), ours, atol=1e-2)
-    assert np.abs(theirs.transpose(0, 2, 3, 1) - ours).max() < 1e-5  # PIL does the same resize: exact
+    for kwargs in ({}, pil):  # the version's default backend (torchvision in 5.x), then PIL
+        proc = transformers.AutoImageProcessor.from_pretrained(str(tmp_path), **kwargs)
+        theirs = proc(images=[Image.fromarray(p) for p in photos], return_tensors="np")["pixel_values"]
+        diff = np.abs(theirs.transpose(0, 2, 3, 1) - ours)
+        # Resampling may round differently by one uint8 level; nothing else may differ.
+        level = 1 / 255 / np.asarray(PIXEL_NORMS[norm][1])
+        assert (diff <= level + 1e-5).all() and diff.mean() < 1e-3
+        if norm == "siglip":
+            assert diff.max() <= 1e-2  # [-1, 1] inputs: one level is 0.0078
+    assert diff.max() < 1e-5  # PIL does the same resize: exact
 
 
 def test_hf_export_refuses_a_cls_token_and_names_timm():
@@ -130,7 +137,7 @@ def test_timm_export_is_our_encoder(tmp_path, model):
     x = images(2, cfg.image_size)
     ours = our_encoder(params, cfg, x)
     with torch.no_grad():
-        feats = net.forward_features(nchw(x))
+        feats = net.forward_features(nchw(x, cfg.model.pixel_norm))
         pooled = net.forward_head(feats, pre_logits=True)
     np.testing.assert_allclose(feats.numpy(), ours["tokens"], atol=1e-4)
     np.testing.assert_allclose(pooled.numpy(), ours["pooled"], atol=1e-4)
@@ -167,8 +174,7 @@ def test_llava_generate_matches_the_caption_command(trained_run, tmp_path):
     lines = subprocess.run([sys.executable, "-m", "openvision2.caption", f"--workdir={trained_run}", *paths],
                            check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()
     ours = [line.split("\t", 1)[1] for line in lines]
-    kw = {"backend": "pil"} if int(need("transformers").__version__.split(".")[0]) >= 5 else {"use_fast": False}
-    processor = AutoProcessor.from_pretrained(str(out), **kw)
+    processor = AutoProcessor.from_pretrained(str(out))  # the version's default image backend
     model = LlavaForConditionalGeneration.from_pretrained(str(out)).eval()
     theirs = []
     for path in paths:
@@ -277,6 +283,19 @@ def test_open_clip_tower_imports_with_zero_conv_bias(tmp_path):
         tower(nchw(x))
     # open_clip's LayerNorm eps is 1e-5, ours 1e-6: equal up to that.
     np.testing.assert_allclose(our_encoder(params, cfg, x)["tokens"], captured["tokens"].numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "timm"])
+def test_importing_a_tower_trained_on_other_pixel_statistics_names_the_setting(tmp_path, fmt):
+    source_cfg = model_cfg(pixel_norm="siglip")
+    export.write(random_params(source_cfg), source_cfg, str(tmp_path / fmt), fmt, step=0)
+    cfg = model_cfg()  # imagenet statistics
+    cfg.init_from = str(tmp_path / fmt)
+    with pytest.raises(table.CheckpointMismatch, match="--config.model.pixel_norm=siglip"):
+        convert_init.initialise(cfg, random_params(cfg))
+    cfg.model.pixel_norm = "siglip"
+    loaded, _ = convert_init.initialise(cfg, random_params(cfg))
+    assert loaded["encoder"]
 
 
 def test_training_starts_from_imported_weights(tmp_path):

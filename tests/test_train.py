@@ -117,10 +117,11 @@ def test_caption_and_encode_commands(tmp_path):
     assert arrays["patch_tokens"].shape == (2, 16, 32) and arrays["pooled"].shape == (2, 32)
     # pixel_values is exactly the eval preprocessing, normalised
     from openvision2.data import preprocess
-    from openvision2.models.captioner import MEAN, STD
+    from openvision2.models.vit import PIXEL_NORMS
     with open(photo, "rb") as f:
         expected = preprocess.eval_transform(preprocess.decode_image(f.read()), 32) / 255.0
-    np.testing.assert_allclose(arrays["pixel_values"][1], (expected - MEAN) / STD, atol=1e-5)
+    mean, std = PIXEL_NORMS[tiny_train_cfg(tmp_path).model.pixel_norm]
+    np.testing.assert_allclose(arrays["pixel_values"][1], (expected - mean) / std, atol=1e-5)
     # patch tokens are LayerNorm outputs: zero mean per token
     np.testing.assert_allclose(arrays["patch_tokens"].mean(-1), 0, atol=1e-4)
 

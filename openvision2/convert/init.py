@@ -25,6 +25,7 @@ import numpy as np
 
 from openvision2 import config as config_lib
 from openvision2.convert import llama, openclip, siglip, table, timm, vit
+from openvision2.models import vit as vit_lib
 
 
 # --- reading files -----------------------------------------------------------------------------------
@@ -127,10 +128,41 @@ def load_encoder(path: str, cfg, target) -> tuple[dict, table.Report]:
                                            "--config.model.cls_token=True.")
         _check_state_dict_dims(dims, cfg, path)
         rules, ignore = openclip.rules(dims["depth"]), openclip.IGNORE
+    check_pixel_norm(path, kind, config, cfg, report)
     loaded = table.load(tensors, rules, target, report, ignore=ignore,
                         hint=f"Is --config.model.encoder / image_size / cls_token / pool the checkpoint's?")
     vit.absorb_posemb(loaded, cfg, report)
     return loaded, report
+
+
+def check_pixel_norm(path: str, kind: str, config: dict | None, cfg, report: table.Report) -> None:
+    """The imported tower was trained on inputs normalised some way; ours must be the same, or
+    its features start off wrong. Read from the checkpoint's processor (HF) or pretrained_cfg
+    (timm); open_clip state dicts do not record it, which the report says."""
+    source = None
+    processor = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else None
+    if kind == "siglip" and processor and os.path.isfile(processor):
+        with open(processor) as f:
+            p = json.load(f)
+        source = (p.get("image_mean"), p.get("image_std")) if p.get("do_normalize", True) else ((0, 0, 0), (1, 1, 1))
+    elif kind == "timm" and config and "pretrained_cfg" in config:
+        source = (config["pretrained_cfg"].get("mean"), config["pretrained_cfg"].get("std"))
+    name = cfg.model.get("pixel_norm", "imagenet")
+    ours = vit_lib.pixel_norm_stats(name)
+    if source is None or None in source:
+        report.notes.append(f"the checkpoint does not record its input normalisation; using model.pixel_norm="
+                            f"{name!r} (mean {list(ours[0])}, std {list(ours[1])})")
+        return
+    same = lambda a, b: all(np.allclose(np.asarray(x, float), np.asarray(y, float), atol=1e-4) for x, y in zip(a, b))
+    if same(source, ours):
+        return
+    match = [n for n, stats in vit_lib.PIXEL_NORMS.items() if same(source, stats)]
+    fix = (f"set --config.model.pixel_norm={match[0]}" if match else
+           f"none of the presets {sorted(vit_lib.PIXEL_NORMS)} matches it, so it cannot be imported exactly")
+    raise table.CheckpointMismatch(
+        f"{path} was trained on inputs normalised with mean {list(source[0])} / std {list(source[1])}, but "
+        f"model.pixel_norm={name!r} is mean {list(ours[0])} / std {list(ours[1])}: its features would start "
+        f"off wrong; {fix}.")
 
 
 # --- decoder -----------------------------------------------------------------------------------------

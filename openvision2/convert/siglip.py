@@ -11,7 +11,7 @@ from __future__ import annotations
 from openvision2 import config as config_lib
 from openvision2.convert import table, vit
 from openvision2.convert.table import CONV, FUSED_BIASES, FUSED_KERNELS, UNBATCH, linear, norm, rule
-from openvision2.models import captioner
+from openvision2.models.vit import pixel_norm_stats
 
 PREFIX = "vision_model."  # transformers 4.57 random-initialises unprefixed keys without a word
 
@@ -79,9 +79,10 @@ def hf_config(cfg) -> dict:
 
 
 def preprocessor_config(cfg) -> dict:
-    """A CLIP-style processor (shorter side to S, centre crop, ImageNet mean/std): our eval
-    transform. SigLIP's own processor squashes to S x S without cropping, so it is not used."""
+    """A CLIP-style processor (shorter side to S, centre crop, the model's pixel normalisation):
+    our eval transform. SigLIP's own processor squashes to S x S without cropping, so it is not used."""
     s = cfg.image_size
+    mean, std = pixel_norm_stats(cfg.model.get("pixel_norm", "imagenet"))
     return {
         "image_processor_type": "CLIPImageProcessor",
         "do_resize": True,
@@ -92,8 +93,8 @@ def preprocessor_config(cfg) -> dict:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(captioner.MEAN),
-        "image_std": list(captioner.STD),
+        "image_mean": list(mean),
+        "image_std": list(std),
         "do_convert_rgb": True,
     }
 

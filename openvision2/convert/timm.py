@@ -15,7 +15,7 @@ import numpy as np
 from openvision2 import config as config_lib
 from openvision2.convert import table, vit
 from openvision2.convert.table import CONV, FUSED_BIASES, FUSED_KERNELS, linear, norm, rule
-from openvision2.models import captioner
+from openvision2.models.vit import pixel_norm_stats
 
 STEM = [
     rule("patch_embed/kernel", "patch_embed.proj.weight", CONV),
@@ -91,6 +91,7 @@ def model_args(cfg) -> dict:
 def timm_config(cfg) -> dict:
     """`config.json` for `timm.create_model("local-dir:<dir>", pretrained=True)`."""
     s = cfg.image_size
+    mean, std = pixel_norm_stats(cfg.model.get("pixel_norm", "imagenet"))
     return {
         "architecture": "vit_base_patch16_224",  # a registered name; model_args override every dimension
         "model_args": model_args(cfg),
@@ -100,8 +101,8 @@ def timm_config(cfg) -> dict:
             "interpolation": "bicubic",
             "crop_pct": 1.0,
             "crop_mode": "center",
-            "mean": list(captioner.MEAN),
-            "std": list(captioner.STD),
+            "mean": list(mean),
+            "std": list(std),
             "num_classes": 0,
         },
     }

@@ -23,7 +23,7 @@ def attention_impl(cfg):
 def build_vit(cfg):
     from openvision2.models.vit import ViT
     m = cfg.model
-    return ViT(config_lib.encoder_size(m.encoder), posemb=m.posemb, cls_token=m.cls_token, pool=m.pool,
+    return ViT(config_lib.encoder_size(m.encoder), pixel_norm=m.get("pixel_norm", "imagenet"), posemb=m.posemb, cls_token=m.cls_token, pool=m.pool,
                scan=m.scan_layers, remat_policy=m.remat_policy, approximate_gelu=m.approximate_gelu,
                attention_impl=attention_impl(cfg), **dtypes(cfg))
 

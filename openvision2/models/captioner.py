@@ -10,18 +10,9 @@ import jax.numpy as jnp
 
 from openvision2.models.decoder import Decoder, Projector
 from openvision2.models.text_encoder import ContrastiveHead, TextEncoder
-from openvision2.models.vit import ViT
+from openvision2.models.vit import ViT, normalize
 
 Dtype = Any
-
-# ImageNet statistics; images travel as uint8 and are normalised on device.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def normalize(images_uint8, dtype=jnp.float32):
-    x = images_uint8.astype(jnp.float32) / 255.0
-    return ((x - jnp.asarray(MEAN)) / jnp.asarray(STD)).astype(dtype)
 
 
 class Captioner(nn.Module):
@@ -30,7 +21,7 @@ class Captioner(nn.Module):
     projector: Projector
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.dtype))
+        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
 
     def visual_prefix(self, prenorm_tokens, keep_idx=None):
         """Projects (optionally masked) encoder tokens; returns (prefix, positions).
@@ -94,7 +85,7 @@ class TwoTower(nn.Module):
     head: ContrastiveHead
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.dtype))
+        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
 
     def embed_texts(self, text):
         return self.head.text(self.text_encoder(text))

@@ -24,10 +24,9 @@ import jax.numpy as jnp
 
 from openvision2.config import DecoderSize
 from openvision2.models import layers
-from openvision2.models.captioner import normalize
 from openvision2.models.decoder import block_stack, pad_cache, run_stack
 from openvision2.models.text_encoder import ContrastiveHead, eos_positions
-from openvision2.models.vit import ViT
+from openvision2.models.vit import ViT, normalize
 
 Dtype = Any
 
@@ -101,7 +100,7 @@ class CoCa(nn.Module):
         self.head = ContrastiveHead(self.embed_dim, init_scale=self.init_scale, **kw)
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.dtype))
+        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
 
     def image_context(self, tokens):
         return self.context_proj(self.caption_pooler(tokens))

@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from openvision2.models import layers
-from openvision2.models.captioner import normalize
 from openvision2.models.decoder import Decoder
 from openvision2.models.text_encoder import eos_positions
-from openvision2.models.vit import ViT
+from openvision2.models.vit import ViT, normalize
 
 Dtype = Any
 
@@ -114,7 +113,7 @@ class MMGEM(nn.Module):
 
     def feature_grid(self, images_uint8):
         """The ViT's output tokens as a [B, h, w, D] patch grid (a CLS token, if any, is left out)."""
-        tokens = self.encoder(normalize(images_uint8, self.encoder.dtype))["tokens"]
+        tokens = self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))["tokens"]
         side = images_uint8.shape[1] // self.encoder.size.patch
         return tokens[:, -side * side:].reshape(tokens.shape[0], side, side, tokens.shape[-1])
 

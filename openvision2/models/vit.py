@@ -20,6 +20,27 @@ from openvision2.models import layers
 
 Dtype = Any
 
+# How uint8 pixels become the encoder's input: (mean, std) per RGB channel after scaling to [0, 1].
+# Images travel as uint8 and are normalised on device.
+PIXEL_NORMS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics (OpenVision 2's code)
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1], as SigLIP and big_vision feed their towers
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP, open_clip
+}
+
+
+def pixel_norm_stats(norm: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if norm not in PIXEL_NORMS:
+        raise ValueError(f"model.pixel_norm={norm!r}: choose one of {sorted(PIXEL_NORMS)}.")
+    return PIXEL_NORMS[norm]
+
+
+def normalize(images_uint8, norm: str = "imagenet", dtype=jnp.float32):
+    """uint8 [..., 3] -> the encoder's input under the named normalisation."""
+    mean, std = pixel_norm_stats(norm)
+    x = images_uint8.astype(jnp.float32) / 255.0
+    return ((x - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)
+
 
 class EncoderBlock(nn.Module):
     size: EncoderSize
@@ -97,6 +118,7 @@ class ViT(nn.Module):
     the decoder reads, as LLaVA does), `tokens` (after it) and `pooled`."""
 
     size: EncoderSize
+    pixel_norm: str = "imagenet"  # how its inputs were normalised (see `normalize`); the model never reads it
     posemb: str = "sincos"  # sincos | learned
     cls_token: bool = False
     pool: str = "gap"  # gap | map | none (with cls_token: the CLS token)
