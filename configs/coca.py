@@ -7,8 +7,9 @@ CoCa-Base: a ViT-B image encoder; a text decoder of 12 unimodal + 12 multimodal 
 768 wide (our LLaMA blocks, SwiGLU of the same parameter count as a 3,072 GELU MLP); an
 attentional pooler with 1 query for the contrastive embedding and one with 256 queries that
 the multimodal layers cross-attend to; contrastive (softmax, learnable temperature) and
-captioning weighted 1 : 2; batch 65,536, peak LR 8e-4, weight decay 0.01, b2 0.999. (CoCa
-trained with Adafactor at 288 px with 18 px patches; we use Adam and the 224 / 16 grid.)
+captioning weighted 1 : 2; batch 65,536 for 500k steps (32.8B samples), peak LR 8e-4, weight
+decay 0.01, b2 0.999. (CoCa trained with Adafactor at 288 px with 18 px patches; we use Adam and
+the 224 / 16 grid.)
 Arguments: `variant` (B/16, L/14) or `tiny`; `batch`, `samples`, `res`.
 """
 
@@ -18,7 +19,7 @@ DECODER_FOR = {"B/16": "L,depth=24", "L/14": "H,depth=24"}
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, variant="B/16", res=224, batch=65_536, samples=13e9)
+    a = config_lib.parse_arg(arg, variant="B/16", res=224, batch=65_536, samples=32.8e9)
     if a.variant == "tiny":
         c = config_lib.sibling_config(__file__, "demo.py")
         c.objective = "coca"

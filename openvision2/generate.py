@@ -19,16 +19,16 @@ from openvision2.models import build_model
 from openvision2.models.decoder import pad_cache
 
 
-def _prefill(module, images, bos_ids, total, boxes):
-    """(logits after `[bos]`, decoding state sized for `total` positions, position of `[bos]`)."""
+def _prefill(module, images, bos_ids, max_new_tokens, boxes):
+    """(logits after `[bos]`, decoding state with room for `max_new_tokens`, position of `[bos]`)."""
     if hasattr(module, "prefill"):  # models whose decoder is not a prefix LM (CoCa)
-        return module.prefill(images, bos_ids, total)
+        return module.prefill(images, bos_ids, max_new_tokens)
     prefix, pos = module.caption_prefix(images) if boxes is None else module.caption_prefix(images, boxes)
     n = prefix.shape[1]
     x = jnp.concatenate([prefix.astype(module.decoder.dtype), module.decoder.embed_tokens(bos_ids[:, None])], axis=1)
     pos = jnp.concatenate([pos, jnp.full((x.shape[0], 1), n, jnp.int32)], axis=1)
     logits, cache = module.decoder(x, pos)
-    return logits[:, -1], pad_cache(cache, total), n
+    return logits[:, -1], pad_cache(cache, n + 1 + max_new_tokens), n
 
 
 def _decode_one(module, token, position, cache, cache_index):
@@ -47,14 +47,12 @@ def make_greedy_fn(cfg, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: i
     """
     prefill_model = build_model(cfg, mode="prefill")
     decode_model = build_model(cfg, mode="decode")
-    # Sequence positions: the prefix, `[bos]`, then the new tokens (an upper bound on the prefix).
-    total = max_prefix_len(cfg) + 1 + max_new_tokens
 
     @jax.jit
     def greedy(params, images, boxes=None):
         b = images.shape[0]
         logits, cache, n = prefill_model.apply(
-            {"params": params}, images, jnp.full((b,), bos_id, jnp.int32), total, boxes, method=_prefill)
+            {"params": params}, images, jnp.full((b,), bos_id, jnp.int32), max_new_tokens, boxes, method=_prefill)
         first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         def body(carry, i):
@@ -71,18 +69,6 @@ def make_greedy_fn(cfg, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: i
         return tokens.T
 
     return greedy
-
-
-def max_prefix_len(cfg) -> int:
-    """Positions before `[bos]` when captioning: visual tokens (or MM-GEM's context)."""
-    from openvision2.config import encoder_size
-
-    if cfg.objective == "coca":
-        return 0
-    if cfg.objective == "mmgem":
-        g = cfg.mmgem
-        return max(g.pool_grid**2, g.roi_grid**2 + (g.soft_prompts if g.region_task else 0)) + 1
-    return (cfg.image_size // encoder_size(cfg.model.encoder).patch) ** 2 + int(cfg.model.cls_token)
 
 
 def strip(tokens, eos_id: int, pad_id: int = 0) -> list[int]:

@@ -75,7 +75,15 @@ def make_mesh(shape: dict[str, int], devices=None) -> jax.sharding.Mesh:
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
     dcn = shape["dcn_data"]
     if dcn == 1:
-        return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+        try:
+            return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+        except NotImplementedError as e:  # the TPU torus cannot be cut into these axis sizes
+            bounds = getattr(devices[0], "coords", None) and "x".join(
+                str(max(d.coords[i] for d in devices) + 1) for i in range(len(devices[0].coords)))
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} does not fit the device torus{f' ({bounds})' if bounds else ''}: "
+                "on TPU each mesh axis must be a product of whole torus dimensions (e.g. on 8x8x4, data=4 "
+                "with fsdp=64, not data=2 with fsdp=128). Change --config.mesh.*.") from e
     ici = (1, *sizes[1:])
     if hasattr(devices[0], "slice_index"):
         grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1, 1), devices)

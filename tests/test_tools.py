@@ -37,3 +37,20 @@ def test_benchmark_data_mode_reports_pipeline_throughput_per_setting():
     rows = [json.loads(line) for line in out.strip().splitlines()]
     assert [(r["image_size"], r["workers"]) for r in rows] == [(32, 0), (48, 0)]
     assert all(r["mode"] == "data" and r["images_per_s"] > 0 and r["augment"] == "inception_crop" for r in rows)
+
+
+def test_benchmark_measures_other_recipes_stage_by_stage():
+    tiny = ["--config.model.encoder=mu/8,width=32,depth=1,heads=2", "--config.model.decoder=mu,width=32,depth=1",
+            "--config.model.text_encoder=mu,width=32,depth=1,heads=2", "--config.model.embed_dim=32",
+            "--config.batch_size=8", "--config.image_size=32", "--config.text.max_len=8"]
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), f"--config={ROOT}/configs/clip.py:tiny",
+         f"--compare={ROOT}/configs/mmgem.py:tiny", "--steps=1", *tiny],  # the stages inherit the sizes
+        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r.get("stage") for r in rows[:3]] == ["", "image", "regions"]
+    assert all(r["step_s"] > 0 and r["flops_per_step"] > 0 for r in rows[:3])
+    # The region stage decodes a shorter prefix (2x2 RoIAlign bins + soft prompts vs 3x3 pooled tokens).
+    assert rows[2]["flops_per_step"] != rows[1]["flops_per_step"]
+    assert rows[3]["ratios_vs"] == rows[0]["name"]
+    assert {v["vs"] for k, v in rows[3].items() if k != "ratios_vs"} == {rows[0]["name"]}  # no stage of its own

@@ -141,13 +141,14 @@ def main(argv):
             tag = {"config": name, **({"stage": label} if label else {})}
             results.append((tag, *compile_stage(stage_cfg, devices, hbm, tag)))
     if FLAGS.compare:
-        # Each compared config against the first config's same stage.
+        # Each compared config against the first config's same stage (else its first).
         ratio = lambda a, b: a / b if a and b else None
+        first = [(r, m) for tag, r, m in results if tag["config"] == runs[0][0]]
         base = {tag.get("stage", ""): (r, m) for tag, r, m in results if tag["config"] == runs[0][0]}
         for tag, r, m in results:
-            if tag["config"] == runs[0][0] or tag.get("stage", "") not in base:
+            if tag["config"] == runs[0][0]:
                 continue
-            b, b_max = base[tag.get("stage", "")]
+            b, b_max = base.get(tag.get("stage", ""), first[0])
             print(json.dumps({"ratios_vs": runs[0][0], **tag, "total_bytes": ratio(r["total_bytes"], b["total_bytes"]),
                               "max_per_chip_batch": ratio(m, b_max)}), flush=True)
 

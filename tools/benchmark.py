@@ -176,14 +176,16 @@ def main(argv):
             results[-1]["stage"] = label
             print(json.dumps(results[-1]), flush=True)
     if len(runs) > 1:
-        # Every other config against the first config's same stage, measured in this process.
-        base = {r["stage"]: r for r in results[:len(stages.select(runs[0][1], FLAGS.stage))]}
-        print(json.dumps({"ratios_vs": results[0]["name"], **{
-            r["name"]: {"vs": base[r["stage"]]["name"], "step_s": r["step_s"] / base[r["stage"]]["step_s"],
-                        "peak_bytes": (r["peak_bytes"] / base[r["stage"]]["peak_bytes"])
-                        if base[r["stage"]]["peak_bytes"] else None,
-                        "flops_per_step": r["flops_per_step"] / base[r["stage"]]["flops_per_step"]}
-            for r in results[len(base):] if r["stage"] in base}}))
+        # Every other config against the first config's same stage (else its first), measured in this process.
+        first = results[:len(stages.select(runs[0][1], FLAGS.stage))]
+        base = {r["stage"]: r for r in first}
+        ratios = {}
+        for r in results[len(first):]:
+            b = base.get(r["stage"], first[0])
+            ratios[r["name"]] = {"vs": b["name"], "step_s": r["step_s"] / b["step_s"],
+                                 "peak_bytes": r["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] else None,
+                                 "flops_per_step": r["flops_per_step"] / b["flops_per_step"]}
+        print(json.dumps({"ratios_vs": results[0]["name"], **ratios}))
 
 
 if __name__ == "__main__":

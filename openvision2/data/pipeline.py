@@ -38,6 +38,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
+from openvision2 import config as config_lib
 from openvision2.data import preprocess, records, shapes, tfds_source
 from openvision2.data.tokenizer import Tokenizer
 
@@ -178,7 +179,6 @@ class Views:
 
     @classmethod
     def from_config(cls, cfg, *, train: bool = True) -> Views:
-        from openvision2 import config as config_lib  # Local: config imports nothing of the data layer.
         fields = config_lib.batch_fields(cfg)
         out = {}
         if "text_con" in fields:

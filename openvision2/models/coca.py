@@ -136,8 +136,9 @@ class CoCa(nn.Module):
     def initialise(self, batch):
         return self(batch["image"], batch["text"])
 
-    def prefill(self, images_uint8, bos_ids, total: int):
+    def prefill(self, images_uint8, bos_ids, max_new_tokens: int):
         """Generation start: (logits after `[bos]`, caches + context, text position of `[bos]`)."""
+        total = 1 + max_new_tokens
         context = self.image_context(self.encode(images_uint8)["tokens"])
         x = self.embed(bos_ids[:, None]).astype(self.dtype)
         pos = jnp.zeros((bos_ids.shape[0], 1), jnp.int32)
