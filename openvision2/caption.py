@@ -8,11 +8,8 @@ Prints `<path>\t<caption>` per image.
 from __future__ import annotations
 
 from absl import app, flags
-import numpy as np
 
-from openvision2 import generate
-from openvision2.inference import TrainedRun
-from openvision2.objectives import OBJECTIVES
+from openvision2.inference import TrainedRun, caption_images
 
 flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -21,22 +18,14 @@ flags.DEFINE_integer("max_new_tokens", 0, "Caption length limit in tokens (0 = t
 FLAGS = flags.FLAGS
 
 
-def caption_images(run: TrainedRun, images: np.ndarray, max_new_tokens: int = 0) -> list[str]:
-    if not OBJECTIVES[run.cfg.objective].captions:
-        raise app.UsageError(f"this run trained objective={run.cfg.objective!r}, which has no caption decoder; "
-                             "use openvision2.encode for its image features.")
-    tok = run.tokenizer
-    greedy = generate.make_greedy_fn(run.cfg, max_new_tokens or run.cfg.text.max_len - 1, tok.bos_id, tok.eos_id,
-                                     tok.pad_id)
-    tokens = np.asarray(greedy(run.params, images))
-    return [tok.decode(generate.strip(row, tok.eos_id, tok.pad_id)) for row in tokens]
-
-
 def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("Give one or more image paths.")
     run = TrainedRun(FLAGS.workdir, FLAGS.step)
+    if not run.captions:
+        raise app.UsageError(f"this run trained objective={run.cfg.objective!r}, which has no caption decoder; "
+                             "use openvision2.encode for its image features.")
     for i in range(0, len(paths), FLAGS.batch_size):
         chunk = paths[i:i + FLAGS.batch_size]
         for path, text in zip(chunk, caption_images(run, run.load_images(chunk), FLAGS.max_new_tokens)):

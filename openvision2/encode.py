@@ -10,25 +10,14 @@ encoder output after its final LayerNorm), `pooled` [N,D] and `paths`.
 from __future__ import annotations
 
 from absl import app, flags
-import jax
 import numpy as np
 
-from openvision2.inference import TrainedRun
-from openvision2.models import build_model
-from openvision2.models.vit import normalize
+from openvision2.inference import TrainedRun, encode_images
 
 flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("output", None, "Output .npz path.", required=True)
 FLAGS = flags.FLAGS
-
-
-def encode_images(run: TrainedRun, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
-    encoder = build_model(run.cfg).encoder
-    pixel_values = normalize(images_uint8, run.cfg.model.get("pixel_norm", "imagenet"), np.float32)
-    out = jax.jit(lambda p, x: encoder.apply({"params": p}, x))(run.params["encoder"], pixel_values)
-    return {"pixel_values": np.asarray(pixel_values), "patch_tokens": np.asarray(out["tokens"]),
-            "pooled": np.asarray(out["pooled"])}
 
 
 def main(argv):

@@ -346,3 +346,20 @@ def test_a_different_decoder_architecture_names_the_settings_that_fit_it():
         cfg[parent][leaf] = value
     cfg.model.vocab_size = 100
     llama.check_hf_config(hf, cfg, "smol.gguf")
+
+
+def test_check_export_tool_reports_parity_of_each_export(trained_run, tmp_path):
+    need("timm")
+    paths = []
+    for i, img in enumerate(images(2, 32, seed=99)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                                                       "check_export.py"), f"--workdir={trained_run}",
+                          f"--images={','.join(paths)}", "--formats=hf,timm"],
+                         check=True, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+    rows = {r["check"]: r for r in map(json.loads, out.strip().splitlines())}
+    assert rows["hf last_hidden_state vs patch_tokens"]["max_abs"] < 1e-4
+    assert rows["timm forward_features vs patch_tokens"]["max_abs"] < 1e-4
+    # 32 px images at 32 px: nothing to resample, so every backend is exact.
+    assert rows["AutoImageProcessor (default) vs our eval preprocessing"]["max_abs"] < 1e-5
