@@ -168,6 +168,7 @@ def parse_arg(arg: str | None, **defaults):
 
 MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
 CONTRASTIVE_OBJECTIVES = ("openvision", "clip", "siglip", "coca", "mmgem")
+MASKING_OBJECTIVES = ("captioning", "openvision")  # decoders that read a (masked) visual prefix
 
 
 def mesh_shape(cfg) -> dict[str, int]:
@@ -241,6 +242,9 @@ def validate(cfg, num_devices: int) -> dict[str, int]:
                              "sharded along width. Pick an fsdp size that divides it.")
     if not 0.0 < cfg.keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio={cfg.keep_ratio} must be in (0, 1]; 1.0 turns masking off.")
+    if cfg.keep_ratio < 1.0 and cfg.objective not in MASKING_OBJECTIVES:
+        raise ValueError(f"objective={cfg.objective!r} does not drop visual tokens (only {MASKING_OBJECTIVES} do), "
+                         f"so keep_ratio={cfg.keep_ratio} would be ignored; set --config.keep_ratio=1.0.")
     if cfg.objective in CONTRASTIVE_OBJECTIVES and int(cfg.get("grad_accum_steps", 1)) > 1:
         raise ValueError(f"objective={cfg.objective!r} has a contrastive loss, whose negatives are the whole batch: "
                          f"grad_accum_steps={cfg.grad_accum_steps} would shrink them to one micro-batch. Use "

@@ -278,12 +278,16 @@ def test_retrieval_metrics_on_hand_built_embeddings():
     assert regions["retrieval_captions"] == 5 and regions["i2t_top1"] == pytest.approx(5 / 6)
 
 
-def test_contrastive_recipes_refuse_gradient_accumulation():
+def test_contrastive_recipes_refuse_gradient_accumulation_and_masking_they_do_not_do():
     cfg = objective_cfg("clip")
     cfg.grad_accum_steps = 2
     cfg.batch_size = 8
     with pytest.raises(ValueError, match="grad_accum_steps"):
         config_lib.validate(cfg, 1)
+    for objective in ("clip", "siglip", "coca", "mmgem"):
+        with pytest.raises(ValueError, match="keep_ratio=1.0"):
+            config_lib.validate(objective_cfg(objective, keep_ratio=0.35), 1)
+    config_lib.validate(objective_cfg("openvision", keep_ratio=0.35), 1)  # v1's captioner can mask
 
 
 @pytest.mark.slow
