@@ -229,7 +229,12 @@ def load_example(raw: bytes, caption: str | CaptionPicker,
 
     `caption` is a field name (used as is) or a CaptionPicker (random modes need `rng`)."""
     picker = caption if isinstance(caption, CaptionPicker) else CaptionPicker("field", (caption,))
-    record = records.decode_record(raw)
+    return example_from_record(records.decode_record(raw), picker, rng)
+
+
+def example_from_record(record: dict, picker: CaptionPicker, rng: np.random.Generator | None = None
+                        ) -> tuple[np.ndarray, str]:
+    """A decoded record -> (uint8 image, its caption as `picker` chooses)."""
     text = picker(record, rng)
     return preprocess.decode_image(record["image"]), text
 
@@ -305,9 +310,8 @@ class TrainBatch(grain.transforms.Map):
                 # Fresh rngs per attempt: caption choice, views and augmentation depend on (seed, g) alone.
                 caption_rng = np.random.default_rng([self._seed, g, _CAPTION_SALT]) if self._caption.random else None
                 record = records.decode_record(raw)
-                text = self._caption(record, caption_rng)
-                image, crop = self._augment(preprocess.decode_image(record["image"]),
-                                            np.random.default_rng([self._seed, g]))
+                img, text = example_from_record(record, self._caption, caption_rng)
+                image, crop = self._augment(img, np.random.default_rng([self._seed, g]))
                 extras = self._views.extras(record, text, crop, np.random.default_rng([self._seed, g, _VIEWS_SALT]))
                 return {"image": image, "text": text, **extras}, attempt
             except ValueError as e:
@@ -341,11 +345,13 @@ class RecordEvalSource:
         return len(self._source)
 
     def example(self, index: int) -> tuple[np.ndarray, str]:
-        return load_example(self._source[index], self._caption)
+        return self.example_with_record(index)[:2]
 
-    def record(self, index: int) -> dict:
-        """The whole record (regions included), for the views that need more than image + caption."""
-        return records.decode_record(self._source[index])
+    def example_with_record(self, index: int) -> tuple[np.ndarray, str, dict]:
+        """(image, caption, the whole record: regions included), decoded once, for the views that
+        need more than image + caption."""
+        record = records.decode_record(self._source[index])
+        return (*example_from_record(record, self._caption), record)
 
     def describe(self) -> str:
         return f"{len(self.paths)} ArrayRecord shards"
@@ -357,7 +363,7 @@ class EvalBatch(grain.transforms.Map):
     def __init__(self, source, *, num_examples: int, image_size: int,
                  tokenizer: Tokenizer, max_len: int, global_batch: int, host_batch: int, host_offset: int,
                  views: Views = Views()):
-        if views.regions and not hasattr(source, "record"):
+        if views.regions and not hasattr(source, "example_with_record"):
             raise ValueError(f"a region stage evaluates on region records, but the eval source is "
                              f"{source.describe()}; set --config.data.eval_path to ArrayRecord shards with regions")
         self._source = source
@@ -373,8 +379,10 @@ class EvalBatch(grain.transforms.Map):
         valid = g < self._num_examples
         index = g % self._num_examples
         try:
-            img, text = self._source.example(index)
-            record = self._source.record(index) if self._views.regions else None
+            if self._views.regions:
+                img, text, record = self._source.example_with_record(index)
+            else:
+                (img, text), record = self._source.example(index), None
             crop = preprocess.eval_crop_box(*img.shape[:2], self._image_size)
             row = {"image": preprocess.eval_transform(img, self._image_size), "text": text,
                    **self._views.extras(record, text, crop, None)}
