@@ -56,6 +56,7 @@ class Evaluator:
             batch = parallel.to_global(self.mesh, host, self.global_batch)
             valid = _host(batch["valid"])
             totals["examples"] += float(valid.sum())
+            gathered["valid"].append(valid)
             if self.objective.captions:
                 sums = jax.device_get(self.eval_sums(params, batch))
                 for k in ("loss_sum", "correct", "count"):
@@ -71,7 +72,6 @@ class Evaluator:
                 gathered["image"].append(_host(img))
                 gathered["text"].append(_host(txt))
                 gathered["tokens"].append(_host(batch["text_con"] if "text_con" in batch else batch["text"]))
-                gathered["valid"].append(valid)
             if self.regions:
                 tokens = self.greedy(params, batch["image"], batch["box"])
                 totals["region_exact"] += float(jax.device_get(self.match(tokens, batch["region_text"],
@@ -87,14 +87,12 @@ class Evaluator:
             out.update({"eval/loss": totals["loss_sum"] / max(totals["count"], 1.0),
                         "eval/token_accuracy": totals["correct"] / max(totals["count"], 1.0),
                         "eval/caption_exact_match": totals["exact"] / totals["examples"]})
+        cat = lambda k: np.concatenate(gathered[k])
+        valid = cat("valid")
         if self.objective.embeds:
-            cat = lambda k: np.concatenate(gathered[k])
-            valid = cat("valid")
             out.update({f"eval/{k}": v for k, v in pair_retrieval(cat("image")[valid], cat("text")[valid],
                                                                    cat("tokens")[valid]).items()})
         if self.regions:
-            cat = lambda k: np.concatenate(gathered[k])
-            valid = np.concatenate(gathered["valid"])
             out["eval/region_caption_exact_match"] = totals["region_exact"] / totals["examples"]
             out.update({f"eval/region_{k}": v for k, v in class_retrieval(
                 cat("region_image")[valid], cat("region_text")[valid], cat("region_tokens")[valid]).items()})

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from openvision2 import config as config_lib
 from openvision2.convert import llava, siglip, table, timm, vit
 
 FORMATS = ("hf", "timm", "llava")
@@ -86,7 +87,7 @@ def build(params, cfg, fmt: str, tokenizer=None) -> tuple[dict[str, np.ndarray],
     if fmt == "timm":
         return table.export(vit.flat_encoder(params["encoder"], cfg), timm.rules(cfg)), {"config.json": timm.timm_config(cfg)}
     if fmt == "llava":
-        if cfg.objective not in ("captioning", "openvision"):
+        if cfg.objective not in config_lib.MASKING_OBJECTIVES:
             raise ValueError(f"--format=llava exports a prefix captioner (objective captioning or openvision); this "
                              f"run trained objective={cfg.objective!r}. Its encoder exports with --format=hf or timm.")
         if tokenizer is None:

@@ -61,7 +61,7 @@ def caption_images(run: TrainedRun, images: np.ndarray, max_new_tokens: int = 0)
 def encode_images(run: TrainedRun, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
     """`pixel_values` (what the encoder is fed), `patch_tokens` (after its final LayerNorm), `pooled`."""
     encoder = build_model(run.cfg).encoder
-    pixel_values = normalize(images_uint8, run.cfg.model.get("pixel_norm", "imagenet"), np.float32)
+    pixel_values = normalize(images_uint8, encoder.pixel_norm, np.float32)
     out = jax.jit(lambda p, x: encoder.apply({"params": p}, x))(run.params["encoder"], pixel_values)
     return {"pixel_values": np.asarray(pixel_values), "patch_tokens": np.asarray(out["tokens"]),
             "pooled": np.asarray(out["pooled"])}

@@ -84,6 +84,7 @@ def train_flops(cfg) -> float:
     step. Remat recomputation is not model work and is not counted, as is usual for MFU.
     """
     from openvision2 import masking, models
+    from openvision2 import config as config_lib
     from openvision2.config import decoder_size, encoder_size, text_encoder_size
 
     m, kind, b = cfg.model, cfg.objective, cfg.batch_size
@@ -93,11 +94,11 @@ def train_flops(cfg) -> float:
     text = cfg.text.max_len - 1
     per_example = _vit_forward(enc, grid, m.cls_token)
     per_batch = 0.0
-    if kind in ("openvision", "clip", "siglip", "coca", "mmgem"):
+    if kind in config_lib.CONTRASTIVE_OBJECTIVES:
         per_batch += 2 * b * b * models.embed_dim(cfg)  # the [B, B] similarity matmul
-    if kind in ("openvision", "clip", "siglip"):
+    if "text_encoder" in config_lib.parts(cfg):
         per_example += _text_tower_forward(text_encoder_size(m.text_encoder), models.text_max_len(cfg))
-    if kind in ("captioning", "openvision"):
+    if kind in config_lib.MASKING_OBJECTIVES:
         dec = decoder_size(m.decoder)
         k = n if cfg.keep_ratio >= 1.0 else masking.num_kept(n, cfg.keep_ratio)
         per_example += 2 * k * enc.width * dec.width + (2 * k * dec.width**2 if m.projector == "mlp" else 0)

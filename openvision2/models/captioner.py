@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from openvision2.models.decoder import Decoder, Projector
 from openvision2.models.text_encoder import ContrastiveHead, TextEncoder
-from openvision2.models.vit import ViT, normalize
+from openvision2.models.vit import ViT
 
 Dtype = Any
 
@@ -21,7 +21,7 @@ class Captioner(nn.Module):
     projector: Projector
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
+        return self.encoder.from_uint8(images_uint8)
 
     def visual_prefix(self, prenorm_tokens, keep_idx=None):
         """Projects (optionally masked) encoder tokens; returns (prefix, positions).
@@ -59,17 +59,21 @@ class Captioner(nn.Module):
         return self(batch["image"], batch["text"][:, :-1])
 
 
-class OpenVisionV1(Captioner):
-    """OpenVision v1 / CLIPS: the captioner plus a text tower and a contrastive head."""
-
-    text_encoder: TextEncoder
-    head: ContrastiveHead
+class _TowerEmbeddings:
+    """Both towers into the shared space, for modules with `text_encoder` and `head`."""
 
     def embed_texts(self, text):
         return self.head.text(self.text_encoder(text))
 
     def embed_pooled(self, pooled):
         return self.head.image(pooled)
+
+
+class OpenVisionV1(_TowerEmbeddings, Captioner):
+    """OpenVision v1 / CLIPS: the captioner plus a text tower and a contrastive head."""
+
+    text_encoder: TextEncoder
+    head: ContrastiveHead
 
     def initialise(self, batch):
         out = super().initialise(batch)
@@ -77,7 +81,7 @@ class OpenVisionV1(Captioner):
                 "text_embedding": self.embed_texts(batch["text_con"]), "scale_and_bias": self.head.scale_and_bias()}
 
 
-class TwoTower(nn.Module):
+class TwoTower(_TowerEmbeddings, nn.Module):
     """CLIP / SigLIP: image tower and text tower meeting in one embedding space."""
 
     encoder: ViT
@@ -85,13 +89,7 @@ class TwoTower(nn.Module):
     head: ContrastiveHead
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
-
-    def embed_texts(self, text):
-        return self.head.text(self.text_encoder(text))
-
-    def embed_pooled(self, pooled):
-        return self.head.image(pooled)
+        return self.encoder.from_uint8(images_uint8)
 
     def __call__(self, images_uint8, text):
         enc = self.encode(images_uint8)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from openvision2.config import DecoderSize
 from openvision2.models import layers
 from openvision2.models.decoder import block_stack, pad_cache, run_stack
-from openvision2.models.text_encoder import ContrastiveHead, eos_positions
-from openvision2.models.vit import ViT, normalize
+from openvision2.models.text_encoder import ContrastiveHead, eos_positions, put_at, take_at
+from openvision2.models.vit import ViT
 
 Dtype = Any
 
@@ -100,7 +100,7 @@ class CoCa(nn.Module):
         self.head = ContrastiveHead(self.embed_dim, init_scale=self.init_scale, **kw)
 
     def encode(self, images_uint8):
-        return self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))
+        return self.encoder.from_uint8(images_uint8)
 
     def image_context(self, tokens):
         return self.context_proj(self.caption_pooler(tokens))
@@ -111,13 +111,10 @@ class CoCa(nn.Module):
     def _unimodal(self, text):
         """Unimodal pass over the whole caption with CLS in its `[eos]` slot: (hidden, CLS output)."""
         eos = eos_positions(text, self.eos_id)
-        x = self.embed(text).astype(self.dtype)
-        is_cls = (jnp.arange(text.shape[1])[None] == eos[:, None])[..., None]
-        x = jnp.where(is_cls, self.cls.astype(self.dtype), x)
+        x = put_at(self.embed(text).astype(self.dtype), eos, self.cls.astype(self.dtype))
         positions = jnp.broadcast_to(jnp.arange(text.shape[1], dtype=jnp.int32), text.shape)
         h, _ = run_stack(self.unimodal, x, positions)
-        cls_out = jnp.take_along_axis(h, eos[:, None, None], axis=1)[:, 0]
-        return h, positions, self.ln_cls(cls_out)
+        return h, positions, self.ln_cls(take_at(h, eos))
 
     def embed_texts(self, text):
         return self.head.text(self._unimodal(text)[2])

@@ -24,8 +24,8 @@ import numpy as np
 
 from openvision2.models import layers
 from openvision2.models.decoder import Decoder
-from openvision2.models.text_encoder import eos_positions
-from openvision2.models.vit import ViT, normalize
+from openvision2.models.text_encoder import eos_positions, put_at, take_at
+from openvision2.models.vit import ViT
 
 Dtype = Any
 
@@ -113,7 +113,7 @@ class MMGEM(nn.Module):
 
     def feature_grid(self, images_uint8):
         """The ViT's output tokens as a [B, h, w, D] patch grid (a CLS token, if any, is left out)."""
-        tokens = self.encoder(normalize(images_uint8, self.encoder.pixel_norm, self.encoder.dtype))["tokens"]
+        tokens = self.encoder.from_uint8(images_uint8)["tokens"]
         side = images_uint8.shape[1] // self.encoder.size.patch
         return tokens[:, -side * side:].reshape(tokens.shape[0], side, side, tokens.shape[-1])
 
@@ -129,11 +129,10 @@ class MMGEM(nn.Module):
     def embed_texts(self, text):
         """h2 of the last hidden state at `[EMB]`, which replaces the caption's `[eos]`."""
         eos = eos_positions(text, self.eos_id)
-        x = self.decoder.embed_tokens(text).astype(self.dtype)
-        x = jnp.where((jnp.arange(text.shape[1])[None] == eos[:, None])[..., None], self.emb_token.astype(self.dtype), x)
+        x = put_at(self.decoder.embed_tokens(text).astype(self.dtype), eos, self.emb_token.astype(self.dtype))
         positions = jnp.broadcast_to(jnp.arange(text.shape[1], dtype=jnp.int32), text.shape)
         h, _ = self.decoder.features(x, positions)
-        return self.h2(jnp.take_along_axis(h, eos[:, None, None], axis=1)[:, 0])
+        return self.h2(take_at(h, eos))
 
     def context(self, tokens, region: bool = False):
         """The caption prefix `[h3(tokens) ; soft prompts (regions) ; [CAP]]` and its positions."""

@@ -28,6 +28,16 @@ def eos_positions(text, eos_id: int):
     return jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), text.shape[1] - 1)
 
 
+def take_at(x, index):
+    """x [B, L, D], index [B] -> [B, D]: each row's vector at its own position."""
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
+
+
+def put_at(x, index, vector):
+    """x [B, L, D] with `vector` [D] written at each row's position `index` [B]."""
+    return jnp.where((jnp.arange(x.shape[1])[None] == index[:, None])[..., None], vector, x)
+
+
 class TextEncoder(nn.Module):
     size: EncoderSize  # width/depth/mlp_dim/heads; `patch` is unused
     vocab_size: int
@@ -55,7 +65,7 @@ class TextEncoder(nn.Module):
         x = encoder_stack(x, s, scan=self.scan, remat_policy=self.remat_policy, causal=True,
                           approximate_gelu=self.approximate_gelu, attention_impl=self.attention_impl, **kw)
         x = layers.layer_norm(name="ln_final", **kw)(x)
-        return jnp.take_along_axis(x, eos_positions(text, self.eos_id)[:, None, None], axis=1)[:, 0]
+        return take_at(x, eos_positions(text, self.eos_id))
 
 
 class ContrastiveHead(nn.Module):

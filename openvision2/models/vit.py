@@ -118,7 +118,7 @@ class ViT(nn.Module):
     the decoder reads, as LLaVA does), `tokens` (after it) and `pooled`."""
 
     size: EncoderSize
-    pixel_norm: str = "imagenet"  # how its inputs were normalised (see `normalize`); the model never reads it
+    pixel_norm: str = "imagenet"  # how its inputs were normalised (see `normalize`); only `from_uint8` reads it
     posemb: str = "sincos"  # sincos | learned
     cls_token: bool = False
     pool: str = "gap"  # gap | map | none (with cls_token: the CLS token)
@@ -169,6 +169,10 @@ class ViT(nn.Module):
         else:
             raise ValueError(f"pool must be gap | map | none, got {self.pool!r}.")
         return {"prenorm": prenorm, "tokens": tokens, "pooled": pooled}
+
+    def from_uint8(self, images_uint8):
+        """The encoder on uint8 images, normalised on device the way it was trained (`pixel_norm`)."""
+        return self(normalize(images_uint8, self.pixel_norm, self.dtype))
 
 
 def count_params(module: nn.Module, *inputs) -> int:

@@ -7,10 +7,8 @@ token masking: the decoder reads pooled image queries, not patch tokens.
 
 from __future__ import annotations
 
-import jax
-
 from openvision2.objectives.captioning import cross_entropy, pad_id, shift_tokens, valid_text
-from openvision2.objectives.contrastive import ContrastiveLoss, _normalise
+from openvision2.objectives.contrastive import ContrastiveLoss, _normalise, with_captions
 
 
 class CoCa:
@@ -37,10 +35,7 @@ class CoCa:
         out = model.apply({"params": params}, batch["image"], batch["text"])
         sums = self._caption(out["logits"], batch["text"])
         con, scalars = self.contrastive(out["image_embedding"], out["text_embedding"], *out["scale_and_bias"])
-        count = jax.lax.stop_gradient(sums["count"])
-        caption = sums["loss_sum"] + sums["z_sum"]
-        scalars["caption_loss"] = caption / count
-        return self.contrastive_weight * con * count + self.caption_weight * caption, {**sums, "scalars": scalars}
+        return with_captions(con, scalars, sums, self.contrastive_weight, self.caption_weight)
 
     def eval_sums(self, model, params, batch):
         text = valid_text(batch, self.pad_id)

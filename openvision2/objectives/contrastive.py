@@ -124,6 +124,21 @@ class ContrastiveLoss:
         return loss, scalars
 
 
+def with_captions(con, scalars: dict, sums: dict, contrastive_weight: float, caption_weight: float):
+    """(numerator, sums) of a contrastive + captioning objective. The trainer divides the numerator
+    by the caption token count, so the contrastive term (a batch mean) enters multiplied by that
+    count, which does not depend on the parameters. A zero weight leaves its term out."""
+    count = jax.lax.stop_gradient(sums["count"])
+    caption = sums["loss_sum"] + sums["z_sum"]
+    numerator = 0.0
+    if contrastive_weight:
+        numerator += contrastive_weight * con * count
+    if caption_weight:
+        numerator += caption_weight * caption
+    scalars = {**scalars, "caption_loss": caption / jnp.maximum(count, 1.0)}
+    return numerator, {**sums, "scalars": scalars}
+
+
 class TwoTowerContrastive:
     """CLIP (softmax) and SigLIP (sigmoid): contrastive only, image tower vs text tower."""
 

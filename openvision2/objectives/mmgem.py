@@ -14,11 +14,10 @@ with the same caption as a positive.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from openvision2.objectives.captioning import cross_entropy, pad_id, shift_tokens, valid_text
-from openvision2.objectives.contrastive import ContrastiveLoss, _normalise, clip_loss
+from openvision2.objectives.contrastive import ContrastiveLoss, _normalise, clip_loss, with_captions
 
 REGION_TASKS = ("", "caption", "retrieval", "both")
 
@@ -74,15 +73,8 @@ class MMGEM:
             con, scalars = self.contrastive(img, txt, log_scale)
         use_con = self.region_task in ("", "retrieval", "both")
         use_cap = self.region_task in ("", "caption", "both")
-        count = jax.lax.stop_gradient(sums["count"])
-        caption = sums["loss_sum"] + sums["z_sum"]
-        scalars["caption_loss"] = caption / jnp.maximum(count, 1.0)
-        numerator = 0.0
-        if use_con:
-            numerator += self.contrastive_weight * con * count
-        if use_cap:
-            numerator += self.caption_weight * caption
-        return numerator, {**sums, "scalars": scalars}
+        return with_captions(con, scalars, sums, self.contrastive_weight if use_con else 0.0,
+                             self.caption_weight if use_cap else 0.0)
 
     def eval_sums(self, model, params, batch):
         text = valid_text(batch, self.pad_id)

@@ -3,17 +3,13 @@
 The captioner of OpenVision 2 (with its own token masking, off by default in
 the v1 recipe) plus a CLIP-style text tower on the contrastive text
 (`batch["text_con"]`) against the encoder's pooled output. The caption part
-stays token-weighted: the trainer divides the numerator by the caption token
-count, so the contrastive term (a batch mean) enters it multiplied by that
-count, which does not depend on the parameters.
+stays token-weighted (`contrastive.with_captions`).
 """
 
 from __future__ import annotations
 
-import jax
-
 from openvision2.objectives.captioning import Captioning
-from openvision2.objectives.contrastive import ContrastiveLoss, embed_two_towers
+from openvision2.objectives.contrastive import ContrastiveLoss, embed_two_towers, with_captions
 
 
 class OpenVision(Captioning):
@@ -35,11 +31,7 @@ class OpenVision(Captioning):
         img, txt, (log_scale, bias) = model.apply({"params": params}, enc["pooled"], batch["text_con"],
                                                   method=towers)
         con, scalars = self.contrastive(img, txt, log_scale, bias)
-        count = jax.lax.stop_gradient(sums["count"])
-        caption = sums["loss_sum"] + sums["z_sum"]
-        scalars["caption_loss"] = caption / count
-        numerator = self.contrastive_weight * con * count + self.loss_weight * caption
-        return numerator, {**sums, "scalars": scalars}
+        return with_captions(con, scalars, sums, self.contrastive_weight, self.loss_weight)
 
     def embed(self, model, params, batch):
         return embed_two_towers(model, params, batch)
