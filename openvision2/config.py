@@ -440,6 +440,16 @@ def argv_overrides(argv: list[str]) -> dict[str, str]:
             for a in argv if a.startswith("--config.") and "=" in a}
 
 
+def split_specs(values: list[str]) -> list[str]:
+    """Config specs from repeatable `--compare` values. A value may also hold several specs
+    separated by commas (the flag's older list form): a comma starts a new spec only where a
+    `.py` path follows it, since a spec's own argument has commas too (`x.py:B/16,res=112`)."""
+    out = []
+    for value in values:
+        out += re.split(r",(?=[^,=:]*\.py(?::|,|$))", value)
+    return out
+
+
 def load_with_overrides(spec: str, argv: list[str]) -> ml_collections.ConfigDict:
     """A config file spec with the command line's `--config.*` overrides applied: what a tool's
     `--compare=<spec>` runs, so compared configs differ only in what their specs say."""

@@ -54,3 +54,11 @@ def test_benchmark_measures_other_recipes_stage_by_stage():
     assert rows[2]["flops_per_step"] != rows[1]["flops_per_step"]
     assert rows[3]["ratios_vs"] == rows[0]["name"]
     assert {v["vs"] for k, v in rows[3].items() if k != "ratios_vs"} == {rows[0]["name"]}  # no stage of its own
+
+
+def test_compare_values_split_into_specs_only_before_a_config_path():
+    from openvision2.config import split_specs
+    # A spec's own argument keeps its commas; the older comma-separated list form still works.
+    assert split_specs(["configs/clip.py:B/16,res=112,batch=8"]) == ["configs/clip.py:B/16,res=112,batch=8"]
+    assert split_specs(["configs/a.py,configs/b.py:tiny"]) == ["configs/a.py", "configs/b.py:tiny"]
+    assert split_specs(["a.py:B/16,keep=1.0,b.py:x,y=1", "c.py"]) == ["a.py:B/16,keep=1.0", "b.py:x,y=1", "c.py"]

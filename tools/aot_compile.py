@@ -41,8 +41,9 @@ flags.DEFINE_bool("find_max_batch", False, "Search for the largest per-chip batc
 flags.DEFINE_integer("batch_multiple", 8, "Granularity of the max-batch search.")
 flags.DEFINE_string("stage", "", "Curriculum stage to compile (default: every stage in turn).")
 flags.DEFINE_float("hbm_gib", 0.0, "HBM per chip in GiB (0 = from the table by TPU generation).")
-flags.DEFINE_multi_string("compare", [], "Another config spec to compile the same way (repeatable; same --config.* "
-                  "overrides); ratio lines give per-chip memory and largest batch against the first config.")
+flags.DEFINE_multi_string("compare", [], "Another config spec to compile the same way (repeatable, or a comma-separated "
+                          "list of `.py` specs; same --config.* overrides); ratio lines give per-chip memory and "
+                          "largest batch against the first config.")
 FLAGS = flags.FLAGS
 
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -132,7 +133,8 @@ def main(argv):
     if not hbm:
         raise app.UsageError(f"Unknown HBM size for {generation!r}: pass --hbm_gib.")
     runs = [(config_flags.get_config_filename(FLAGS["config"]), cfg)]
-    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:])) for spec in FLAGS.compare]
+    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:]))
+             for spec in config_lib.split_specs(FLAGS.compare)]
     results = []
     for name, run_cfg in runs:
         if FLAGS.num_slices > 1:

@@ -31,7 +31,7 @@ from openvision2 import config as config_lib, parallel, perf, stages, step as st
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=True)
 flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 flags.DEFINE_multi_string("compare", [], "Another config spec to run in the same process, with the same --config.* "
-                          "overrides (repeatable).")
+                          "overrides (repeatable; a comma-separated list of `.py` specs works too).")
 flags.DEFINE_string("stage", "", "Curriculum stage to measure (default: every stage of a staged config).")
 flags.DEFINE_bool("data", False, "Measure the input pipeline instead of the step: decoded, augmented, tokenised "
                   "images/s on real JPEG photos, for each --image_sizes x --workers.")
@@ -167,7 +167,8 @@ def main(argv):
                        FLAGS.batches)
         return
     runs = [(config_flags.get_config_filename(FLAGS["config"]), FLAGS.config)]
-    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:])) for spec in FLAGS.compare]
+    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:]))
+             for spec in config_lib.split_specs(FLAGS.compare)]
     matmul_peak = perf.measure_matmul_flops()
     results = []
     for name, cfg in runs:
