@@ -45,6 +45,7 @@ EXTRAS = {
     "test": [
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
+        "import-linter>=2.17,<3",  # lint-imports: the layer contracts in .importlinter
         "scikit-image>=0.24,<0.27",  # real sample photos for the inference tests
         "jax[tpu]>=0.10.2,<0.11",  # libtpu: the AOT pod-compile tests (compile only, no TPU needed)
         "matplotlib>=3.8,<4",  # tools/sweep.py --report draws scaling.png

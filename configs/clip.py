@@ -19,8 +19,7 @@ SIZES = {"B/16": ("M", 512, 5e-4), "L/14": ("B", 768, 4e-4)}
 
 def contrastive_tiny(objective: str):
     """The shapes demo as a contrastive recipe: demo encoder and data, a 2-layer text tower."""
-    c = config_lib.sibling_config(__file__, "demo.py")
-    c.objective = objective
+    c = config_lib.set_recipe(config_lib.sibling_config(__file__, "demo.py"), objective)
     c.keep_ratio = 1.0
     c.model.text_encoder = "mu,width=128,depth=2,mlp_dim=512,heads=4"
     c.model.embed_dim = 128
@@ -38,8 +37,7 @@ def get_config(arg=None):
     if a.variant not in SIZES:
         raise ValueError(f"variant={a.variant!r}: choose one of {sorted(SIZES)} or tiny.")
     text, width, lr = SIZES[a.variant]
-    c = config_lib.at_scale(config_lib.base_config())
-    c.objective = "clip"
+    c = config_lib.at_scale(config_lib.base_config("clip"))
     c.keep_ratio = 1.0
     c.image_size = a.res
     c.batch_size = a.batch

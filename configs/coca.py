@@ -21,8 +21,7 @@ DECODER_FOR = {"B/16": "L,depth=24", "L/14": "H,depth=24"}
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, variant="B/16", res=224, batch=65_536, samples=32.8e9)
     if a.variant == "tiny":
-        c = config_lib.sibling_config(__file__, "demo.py")
-        c.objective = "coca"
+        c = config_lib.set_recipe(config_lib.sibling_config(__file__, "demo.py"), "coca")
         c.keep_ratio = 1.0
         c.caption_loss_weight = 2.0
         c.model.pool = "none"
@@ -32,8 +31,7 @@ def get_config(arg=None):
         return c
     if a.variant not in DECODER_FOR:
         raise ValueError(f"variant={a.variant!r}: choose one of {sorted(DECODER_FOR)} or tiny.")
-    c = config_lib.at_scale(config_lib.base_config())
-    c.objective = "coca"
+    c = config_lib.at_scale(config_lib.base_config("coca"))
     c.keep_ratio = 1.0
     c.image_size, c.batch_size = a.res, a.batch
     c.total_steps = int(a.samples // a.batch)

@@ -14,7 +14,7 @@ r"""MM-GEM (arXiv 2405.19333): one decoder that both embeds and captions, in two
 From the paper: ViT-L/14 with TinyLlama-1.1B as the decoder (22 layers, 2,048 wide, 32 heads,
 4 KV heads, 5,632 SwiGLU), LAMB with weight decay 0.05, LR 5e-4 for the projections and 5e-5
 for the backbones, temperature 0.07 with a floor of 0.01, captions of 50 tokens. Our
-assumptions where the paper's numbers are not in BRIEF.md: batch 16,384, 1.28B samples for
+assumptions where the paper gives no number: batch 16,384, 1.28B samples for
 stage 1, 20k steps at batch 1,024 for stage 2, 2,000 warmup steps, the 224 px PoolAggregator
 grid of 4 x 4. To start from TinyLlama itself, add `--config.init_decoder_from=<HF dir>
 --config.text.vocab=hf:<HF dir>` (the tokenizer travels with the decoder).
@@ -32,8 +32,7 @@ def get_config(arg=None):
                              region_batch=1_024)
     if a.variant == "tiny":
         return _tiny()
-    c = config_lib.at_scale(config_lib.base_config())
-    c.objective = "mmgem"
+    c = config_lib.at_scale(config_lib.base_config("mmgem"))
     c.keep_ratio = 1.0
     c.image_size = a.res
     c.model.encoder = a.variant
@@ -64,8 +63,7 @@ def get_config(arg=None):
 
 def _tiny():
     """Shapes: the demo's encoder, decoder and data; stage 1 then the region stage."""
-    c = config_lib.sibling_config(__file__, "demo.py")
-    c.objective = "mmgem"
+    c = config_lib.set_recipe(config_lib.sibling_config(__file__, "demo.py"), "mmgem")
     c.keep_ratio = 1.0
     c.model.embed_dim = 128
     c.mmgem.pool_grid, c.mmgem.roi_grid, c.mmgem.soft_prompts = 3, 2, 4

@@ -1,4 +1,4 @@
-r"""OpenVision 2 at the published sizes and hyperparameters (BRIEF.md section 2):
+r"""OpenVision 2 at the published sizes and hyperparameters (arXiv 2509.01644 and its public scripts):
 the whole CLIPA-style curriculum in one run, low-resolution pre-training then a
 short high-resolution fine-tune.
 
@@ -53,8 +53,7 @@ def get_config(arg=None):
     names = list(STAGES) if a.stage == "all" else [a.stage]
     last = names[-1]
 
-    c = config_lib.at_scale(config_lib.base_config())
-    c.objective = "captioning"
+    c = config_lib.at_scale(config_lib.base_config("captioning"))
     c.model.encoder = a.variant
     c.model.decoder = DECODER_FOR.get(a.variant, "L")
     c.keep_ratio = a.keep

@@ -5,7 +5,7 @@ decoder, tokenizer, curriculum, optimizer and data, so the two compare side by s
   python -m openvision2.train --config=configs/openvision_v1.py:L/14 --workdir=... --config.data.path=...
   python -m openvision2.train --config=configs/openvision_v1.py:tiny --workdir=/tmp/ov1-tiny   # shapes, CPU
 
-What v1 adds (BRIEF.md section 4; CLIPS):
+What v1 adds (OpenVision, arXiv 2505.04601, built on CLIPS):
 - a CLIP-style causal text tower (for L/14 the 768 x 12 tower of CLIPA) reading up to 80
   tokens of a partial caption: one random sentence of the recaption
   (`data.contrastive_caption_mode="random_sentence"`), while the decoder learns the whole;
@@ -25,7 +25,7 @@ TEXT_FOR = {"B/16": "M", "L/14": "B", "L/16": "B", "So400m/14": "So400m", "H/14"
 
 def make_v1(c, text_encoder: str, encoder_max_len: int):
     """Turns an OpenVision 2 config into its OpenVision v1 counterpart (same everything else)."""
-    c.objective = "openvision"
+    config_lib.set_recipe(c, "openvision")
     c.model.text_encoder = text_encoder
     c.model.embed_dim = config_lib.text_encoder_size(text_encoder).width
     c.text.encoder_max_len = encoder_max_len

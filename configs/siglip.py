@@ -20,13 +20,10 @@ TEXT_FOR = {"B/16": "B", "So400m/14": "So400m"}
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, variant="So400m/14", res=224, batch=32_768, samples=9e9)
     if a.variant == "tiny":
-        c = config_lib.sibling_config(__file__, "clip.py", "tiny")
-        c.objective = "siglip"
-        return c
+        return config_lib.set_recipe(config_lib.sibling_config(__file__, "clip.py", "tiny"), "siglip")
     if a.variant not in TEXT_FOR:
         raise ValueError(f"variant={a.variant!r}: choose one of {sorted(TEXT_FOR)} or tiny.")
-    c = config_lib.sibling_config(__file__, "clip.py", "L/14")
-    c.objective = "siglip"
+    c = config_lib.set_recipe(config_lib.sibling_config(__file__, "clip.py", "L/14"), "siglip")
     c.image_size, c.batch_size = a.res, a.batch
     c.total_steps = int(a.samples // a.batch)
     c.model.encoder = a.variant

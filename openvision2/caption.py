@@ -8,6 +8,7 @@ Prints `<path>\t<caption>` per image.
 from __future__ import annotations
 
 from absl import app, flags
+import numpy as np
 
 from openvision2.inference import TrainedRun, caption_images
 
@@ -26,9 +27,13 @@ def main(argv):
     if not run.captions:
         raise app.UsageError(f"this run trained objective={run.cfg.objective!r}, which has no caption decoder; "
                              "use openvision2.encode for its image features.")
-    for i in range(0, len(paths), FLAGS.batch_size):
-        chunk = paths[i:i + FLAGS.batch_size]
-        for path, text in zip(chunk, caption_images(run, run.load_images(chunk), FLAGS.max_new_tokens)):
+    size = min(FLAGS.batch_size, len(paths))
+    for i in range(0, len(paths), size):
+        chunk = paths[i:i + size]
+        images = run.load_images(chunk)
+        # The last chunk is padded to the others' size, so every chunk runs the one compiled captioner.
+        padded = np.concatenate([images, np.zeros((size - len(chunk), *images.shape[1:]), images.dtype)])
+        for path, text in zip(chunk, caption_images(run, padded, FLAGS.max_new_tokens)):
             print(f"{path}\t{text}", flush=True)
 
 

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from openvision2 import config as config_lib
+from openvision2 import recipes
 from openvision2.convert import llava, siglip, table, timm, vit
 
 FORMATS = ("hf", "timm", "llava")
@@ -45,11 +45,11 @@ def git_revision() -> str:
 
 def data_description(cfg) -> dict:
     d = cfg.data
-    if not d.get("path") and not d.get("sources"):
+    if not d.path and not d.sources:
         return {"kind": "synthetic shapes (openvision2.data.shapes)", "num_train": d.shapes.num_train,
                 "seed": d.shapes.seed, "image_size": d.shapes.image_size}
-    return {"kind": "ArrayRecord", "path": d.get("path", ""), "sources": d.get("sources", ""),
-            "caption_field": d.caption_field, "caption_mode": d.get("caption_mode", "field")}
+    return {"kind": "ArrayRecord", "path": d.path, "sources": d.sources, "caption_field": d.caption_field,
+            "caption_mode": d.caption_mode}
 
 
 def record(cfg, step: int, fmt: str) -> dict:
@@ -79,6 +79,14 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[s
 
 def build(params, cfg, fmt: str, tokenizer=None) -> tuple[dict[str, np.ndarray], dict]:
     """(tensors, {filename: json object or text}) for one format, from numpy params."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    recipe = recipes.get(cfg.objective)
+    if fmt not in recipe.export_formats:
+        whole = [n for n in recipes.names() if "llava" in recipes.get(n).export_formats]
+        raise ValueError(f"--format={fmt} is not an export of objective={cfg.objective!r}, which exports as "
+                         f"{' or '.join(recipe.export_formats)} (--format=llava is the whole prefix captioner, of "
+                         f"objective {' or '.join(whole)}).")
     if fmt == "hf":
         siglip.check_exportable(cfg)
         tensors = table.export(vit.flat_encoder(params["encoder"], cfg), table.prefixed(siglip.rules(cfg), "",
@@ -86,14 +94,9 @@ def build(params, cfg, fmt: str, tokenizer=None) -> tuple[dict[str, np.ndarray],
         return tensors, {"config.json": siglip.hf_config(cfg), "preprocessor_config.json": siglip.preprocessor_config(cfg)}
     if fmt == "timm":
         return table.export(vit.flat_encoder(params["encoder"], cfg), timm.rules(cfg)), {"config.json": timm.timm_config(cfg)}
-    if fmt == "llava":
-        if cfg.objective not in config_lib.MASKING_OBJECTIVES:
-            raise ValueError(f"--format=llava exports a prefix captioner (objective captioning or openvision); this "
-                             f"run trained objective={cfg.objective!r}. Its encoder exports with --format=hf or timm.")
-        if tokenizer is None:
-            raise ValueError("--format=llava needs the run's tokenizer")
-        return llava.files(params, cfg, tokenizer)
-    raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if tokenizer is None:
+        raise ValueError("--format=llava needs the run's tokenizer")
+    return llava.files(params, cfg, tokenizer)
 
 
 def write(params, cfg, output: str, fmt: str, step: int, tokenizer=None) -> dict:

@@ -17,9 +17,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from optax.transforms import MaskedNode
 
-from openvision2.config import MESH_AXES
-
-BATCH_AXES = ("dcn_data", "data", "fsdp")
+MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
+BATCH_AXES = ("dcn_data", "data", "fsdp")  # the axes a global batch is split along
 
 DEFAULT_RULES = (
     # activations
@@ -56,7 +55,7 @@ RULE_PRESETS = {
 
 def logical_rules(cfg) -> tuple:
     """The rule table: `cfg.sharding_rules` as a preset name or explicit (name, mesh axes) pairs."""
-    rules = cfg.get("sharding_rules") or DEFAULT_RULES
+    rules = cfg.sharding_rules or DEFAULT_RULES
     if isinstance(rules, str):
         if rules not in RULE_PRESETS:
             raise ValueError(f"sharding_rules={rules!r}: use one of {sorted(RULE_PRESETS)} or explicit pairs.")
@@ -92,6 +91,15 @@ def make_mesh(shape: dict[str, int], devices=None) -> jax.sharding.Mesh:
     else:  # one process without slices (fake CPU devices): consecutive device groups act as slices
         grid = np.asarray(devices).reshape(sizes)
     return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def batch_devices(mesh) -> int:
+    """How many ways `mesh` splits a batch: the product of its batch axes present."""
+    n = 1
+    for a in BATCH_AXES:
+        if a in mesh.axis_names:
+            n *= mesh.shape[a]
+    return n
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from openvision2 import parallel
-from openvision2.objectives.contrastive import clip_loss, siglip_loss, siglip_loss_chunked
+from openvision2.recipes.losses import clip_loss, siglip_loss, siglip_loss_chunked
 
 
 def _embeddings(b=16, d=8, seed=0):

@@ -10,7 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from openvision2 import config as config_lib, optim, stages, train
+import ml_collections
+
+from openvision2 import config as config_lib, train
+from openvision2.config import stages
+from openvision2.train import carry, checkpoint, optim
 from tests.test_train import deterministic, read_metrics, tiny_train_cfg
 
 
@@ -40,7 +44,7 @@ def test_stages_merge_over_the_top_level_config_in_order():
     cfg.stages.high.steps = 10
     assert cfg.total_steps == 14 and stages.resolve(cfg)[-1].end == 14
     # the written config.json round-trips (stage order survives sorted keys)
-    again = stages.resolve(config_lib.ml_collections.ConfigDict(json.loads(cfg.to_json_best_effort(sort_keys=True))))
+    again = stages.resolve(ml_collections.ConfigDict(json.loads(cfg.to_json_best_effort(sort_keys=True))))
     assert [s.name for s in again] == ["low", "high"]
 
 
@@ -72,22 +76,22 @@ def test_learned_posemb_is_resized_as_a_grid():
     old, new = 4, 8
     r, c = np.meshgrid(np.arange(old), np.arange(old), indexing="ij")
     table = np.stack([r, c, 3.0 * r - 2.0 * c + 1.0], -1).reshape(1, old * old, 3).astype(np.float32)
-    out = np.asarray(stages.resize_posemb(jnp.asarray(table), new * new)).reshape(new, new, 3)
+    out = np.asarray(carry.resize_posemb(jnp.asarray(table), new * new)).reshape(new, new, 3)
     centres = (np.arange(new) + 0.5) / 2 - 0.5  # new pixel centres in old coordinates
     rr, cc = np.meshgrid(centres, centres, indexing="ij")
     inner = slice(1, new - 1)
     np.testing.assert_allclose(out[inner, inner, 0], rr[inner, inner], atol=1e-5)
     np.testing.assert_allclose(out[inner, inner, 2], (3 * rr - 2 * cc + 1)[inner, inner], atol=1e-5)
-    same = stages.resize_posemb(jnp.asarray(table), old * old)
+    same = carry.resize_posemb(jnp.asarray(table), old * old)
     np.testing.assert_allclose(same, table, atol=1e-6)
 
     params = {"encoder": {"pos_embedding": jnp.asarray(table), "w": jnp.ones((3, 3))}}
     target = {"encoder": {"pos_embedding": jax.ShapeDtypeStruct((1, 64, 3), jnp.float32),
                           "w": jax.ShapeDtypeStruct((3, 3), jnp.float32)}}
-    assert stages.adapt_params(params, target)["encoder"]["pos_embedding"].shape == (1, 64, 3)
+    assert carry.adapt_params(params, target)["encoder"]["pos_embedding"].shape == (1, 64, 3)
     target["encoder"]["w"] = jax.ShapeDtypeStruct((3, 4), jnp.float32)
     with pytest.raises(ValueError, match="encoder/w changes shape"):
-        stages.adapt_params(params, target)
+        carry.adapt_params(params, target)
 
 
 def _updates(cfg, params, grads):
@@ -150,7 +154,6 @@ def test_two_stage_run_logs_stages_and_resumes_exactly_at_and_across_the_boundar
     assert lrs[1] == 0 and lrs[5] == 0 and lrs[2] > 0 and lrs[6] > 0
 
     # The learned position embedding was resized, then kept training at the new grid.
-    from openvision2 import checkpoint
     params, step = checkpoint.restore_params(full_dir)
     assert step == 7 and params["encoder"]["pos_embedding"].shape == (1, 16, 32)
 
@@ -178,14 +181,13 @@ def test_a_stage_can_freeze_the_encoder(tmp_path):
     cfg.stages.high.optim.frozen = "^encoder/"
     workdir = str(tmp_path / "run")
     train.train(cfg, workdir, stop_after_steps=4)
-    from openvision2 import checkpoint
     before, _ = checkpoint.restore_params(workdir)
     train.train(cfg, workdir)
     after, _ = checkpoint.restore_params(workdir)
     # Frozen within stage 2; its position embedding only changed by the resize at the boundary.
     enc_b, enc_a = before["encoder"], after["encoder"]
     np.testing.assert_array_equal(enc_a["block_0"]["q"]["kernel"], enc_b["block_0"]["q"]["kernel"])
-    np.testing.assert_allclose(enc_a["pos_embedding"], stages.resize_posemb(enc_b["pos_embedding"], 16), atol=1e-6)
+    np.testing.assert_allclose(enc_a["pos_embedding"], carry.resize_posemb(enc_b["pos_embedding"], 16), atol=1e-6)
     assert np.any(after["decoder"]["block_0"]["q"]["kernel"] != before["decoder"]["block_0"]["q"]["kernel"])
     end = [r for r in read_metrics(workdir) if r.get("stage/event") == "start" and r["stage"] == "high"]
     assert end[0]["stage/frozen"] == "^encoder/"

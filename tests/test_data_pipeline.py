@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from openvision2 import config as config_lib
 from openvision2.data import pipeline, records, tokenizer
 
 NUM = 24
@@ -68,24 +69,31 @@ def bert():
 
 
 def make_cfg(path="", **data):
-    cfg = ml_collections.ConfigDict({
-        "seed": 7,
-        "image_size": SIZE,
-        "text": {"max_len": 8},
-        "data": {
-            "path": path, "eval_path": "", "caption_field": "caption",
-            "shapes": {"num_train": 30, "num_eval": 9, "seed": 0, "eval_seed": 1, "image_size": 32, "dir": ""},
-            "augment": "inception_crop", "area_min": 0.4, "area_max": 1.0,
-            "color_jitter": 0.4, "color_jitter_prob": 0.8, "grayscale_prob": 0.2,
-            "workers": 0, "prefetch": 2, "num_eval": 0,
-        },
+    """The run-level data block (the pipeline's own config) and what a stream needs besides."""
+    cfg = ml_collections.ConfigDict({"seed": 7, "image_size": SIZE, "text": {"max_len": 8},
+                                     "data": config_lib.run_config().data.to_dict()})
+    cfg.data.update({
+        "path": path, "eval_path": "", "caption_field": "caption",
+        "shapes": {"num_train": 30, "num_eval": 9, "seed": 0, "eval_seed": 1, "image_size": 32, "dir": ""},
+        "augment": "inception_crop", "area_min": 0.4, "area_max": 1.0,
+        "color_jitter": 0.4, "color_jitter_prob": 0.8, "grayscale_prob": 0.2,
+        "workers": 0, "prefetch": 2, "num_eval": 0,
     })
     cfg.data.update(data)
     return cfg
 
 
+def stream(cfg, views=pipeline.Views()):
+    """What the trainer hands the pipeline besides the data block: no config, no recipe."""
+    return pipeline.Stream(seed=cfg.seed, image_size=cfg.image_size, max_len=cfg.text.max_len, views=views)
+
+
+def data_and_stream(cfg):
+    return cfg.data, stream(cfg)
+
+
 def take(cfg, tok, steps, *, start_step=0, global_batch=8, host_batch=None, host_offset=0):
-    it = pipeline.train_batches(cfg, tok, start_step=start_step, global_batch=global_batch,
+    it = pipeline.train_batches(cfg.data, stream(cfg), tok, start_step=start_step, global_batch=global_batch,
                                 host_batch=host_batch or global_batch, host_offset=host_offset)
     out = [next(it) for _ in range(steps)]
     it.close()
@@ -184,7 +192,7 @@ def test_wrong_caption_field_fails_with_a_clear_error(numbered_dir, bert):
 
 
 def eval_list(cfg, tok, global_batch, host_batch=None, host_offset=0):
-    return list(pipeline.eval_batches(cfg, tok, global_batch=global_batch, host_batch=host_batch or global_batch,
+    return list(pipeline.eval_batches(cfg.data, stream(cfg), tok, global_batch=global_batch, host_batch=host_batch or global_batch,
                                       host_offset=host_offset))
 
 
@@ -219,7 +227,7 @@ def test_eval_marks_bad_records_invalid(corrupt_dir, bert):
 
 
 def test_shapes_default_has_disjoint_train_and_eval_splits(bert):
-    info = pipeline.describe_sources(make_cfg())
+    info = pipeline.describe_sources(make_cfg().data)
     assert info["synthetic_shapes"]
     assert info["train"]["num_records"] == 30 and info["eval"]["num_records"] == 9
     assert os.path.dirname(info["train"]["paths"][0]) != os.path.dirname(info["eval"]["paths"][0])
@@ -268,9 +276,9 @@ def test_sources_mix_by_weight_and_read_each_source_through_its_own_shuffle(numb
     single = [n for b in take(make_cfg(numbered_dir, **plain), bert, 10, global_batch=30) for n in numbers(b, bert)]
     assert all(s == m for s, m in zip(single, got) if m < 100)
     # The choice per element is a pure function of (seed, g).
-    loader = pipeline.train_loader(cfg, bert, global_batch=30, host_batch=30, host_offset=0)
+    loader = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=30, host_batch=30, host_offset=0)
     assert [loader.source_index(g) for g in range(300)] == other.astype(int).tolist()
-    info = pipeline.describe_sources(cfg)
+    info = pipeline.describe_sources(cfg.data)
     assert not info["synthetic_shapes"] and info["eval"] is None
     assert [(s["weight"], s["num_records"]) for s in info["train"]["sources"]] == [(0.75, NUM), (0.25, OTHER)]
     assert info["train"]["num_records"] == NUM + OTHER
@@ -283,14 +291,14 @@ def test_mixed_stream_is_independent_of_host_split_and_resumes_exactly(numbered_
     assert_same_batches(concat_hosts(cfg, bert, 4, 2), full)
     assert_same_batches(concat_hosts(cfg, bert, 4, 4), full)
     assert_same_batches(take(cfg, bert, 2, start_step=2), full[2:])
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     assert_same_batches([pickle.loads(pickle.dumps(loader)).map(3)], full[3:])  # as a worker receives it
 
 
 def test_bad_records_are_replaced_within_their_source(corrupt_dir, other_dir, bert):
     cfg = make_cfg(sources=f"{corrupt_dir}:1,{other_dir}:1", augment="none", color_jitter=0.0, grayscale_prob=0.0,
                    prefetch=0)
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     replaced = 0
     for g in range(96):
         _, text, bad = example(loader, g)
@@ -354,7 +362,7 @@ def test_caption_picker_modes():
 def test_random_field_picks_among_present_fields_deterministically(fields_dir, bert):
     cfg = make_cfg(fields_dir, caption_field="a, b", caption_mode="random_field", augment="none",
                    color_jitter=0.0, grayscale_prob=0.0, prefetch=0)
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     rows = [example(loader, g) for g in range(72)]  # 3 epochs
     used = set()
     for img, text, bad in rows:
@@ -377,15 +385,15 @@ def test_random_field_picks_among_present_fields_deterministically(fields_dir, b
 
 def test_random_sentence_returns_a_sentence_of_the_caption_deterministically(sentence_dir, bert):
     cfg = make_cfg(sentence_dir, caption_mode="random_sentence", prefetch=0)
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     texts = [example(loader, g)[1] for g in range(48)]
     photo = [t for t in texts if t.startswith("Photo ")]
     assert set(texts) - set(photo) == set(SENTENCES)
     assert photo and all(t == f"Photo {int(t[6:-1])}." for t in photo)
-    again = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    again = pipeline.train_loader(cfg.data, stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     assert [example(again, g)[1] for g in range(48)] == texts
     # The caption draw does not disturb the order or the augmentation of the "field" mode.
-    field = pipeline.train_loader(make_cfg(sentence_dir, prefetch=0), bert, global_batch=8, host_batch=8,
+    field = pipeline.train_loader(*data_and_stream(make_cfg(sentence_dir, prefetch=0)), bert, global_batch=8, host_batch=8,
                                   host_offset=0)
     for g in range(8):
         img, text, _ = example(field, g)
@@ -400,4 +408,4 @@ def test_eval_ignores_random_caption_modes(sentence_dir, bert, mode):
     ref = eval_list(make_cfg(sentence_dir, eval_path=sentence_dir), bert, 10)
     cfg = make_cfg(sentence_dir, eval_path=sentence_dir, caption_field="caption,other", caption_mode=mode)
     assert_same_batches(eval_list(cfg, bert, 10), ref)
-    assert pipeline.describe_sources(cfg)["eval"]["caption_field"] == "caption"
+    assert pipeline.describe_sources(cfg.data)["eval"]["caption_field"] == "caption"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from openvision2 import recipes
 from openvision2.data import pipeline, shapes
 from openvision2.data.tokenizer import get_tokenizer
 from tests.test_train import tiny_train_cfg
@@ -62,9 +63,9 @@ def _cfg(tmp_path, data_dir, **data):
 def test_eval_batches_read_a_tfds_split_in_order_without_augmentation(tmp_path, tfds_dir):
     cfg = _cfg(tmp_path, tfds_dir)
     tok = get_tokenizer(cfg.text.vocab)
-    source = pipeline.eval_source(cfg)
+    source = pipeline.eval_source(cfg.data)
     assert len(source) == NUM and "tiny_captions" in source.describe()
-    batches = list(pipeline.eval_batches(cfg, tok, global_batch=8, host_batch=8, host_offset=0))
+    batches = list(pipeline.eval_batches(cfg.data, recipes.get(cfg.objective).stream(cfg), tok, global_batch=8, host_batch=8, host_offset=0))
     assert len(batches) == 2
     valid = np.concatenate([b["valid"] for b in batches])
     assert valid.sum() == NUM and not valid[NUM:].any()
@@ -87,9 +88,9 @@ def test_the_trainer_evaluates_on_a_tfds_set(tmp_path, tfds_dir):
 
 
 def test_wrong_names_and_missing_datasets_say_what_to_set(tmp_path, tfds_dir):
-    source = pipeline.eval_source(_cfg(tmp_path, tfds_dir, tfds_image_key="img"))
+    source = pipeline.eval_source(_cfg(tmp_path, tfds_dir, tfds_image_key="img").data)
     with pytest.raises(ValueError, match="tfds_image_key"):
         source.example(0)
-    missing = pipeline.eval_source(_cfg(tmp_path, str(tmp_path / "empty")))
+    missing = pipeline.eval_source(_cfg(tmp_path, str(tmp_path / "empty")).data)
     with pytest.raises(FileNotFoundError, match="tfds build tiny_captions --file_format=array_record"):
         len(missing)

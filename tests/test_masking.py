@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openvision2 import masking
-from openvision2.objectives.captioning import Captioning
-from tests.test_models import init, tiny_cfg
-from openvision2.models import build_model
+from openvision2.models import masking
+from openvision2.recipes.captioning import CaptionObjective, teacher_forced
+from openvision2.recipes.losses import cross_entropy, shift_tokens
+from tests.test_models import build_model, ids_of, init, tiny_cfg
 
 
 @pytest.mark.parametrize("n,ratio,k", [(36, 0.35, 13), (256, 0.35, 90), (16, 0.25, 4), (10, 0.05, 1)])
@@ -53,11 +53,11 @@ def _setup(keep_ratio):
 
 def test_eval_never_masks():
     cfg, model, params, batch = _setup(0.25)
-    obj = Captioning(cfg)
+    obj = CaptionObjective(cfg, ids_of(cfg))
     loss = jax.jit(lambda b: obj.loss(model, params, b)[0])
     # The eval step never calls `prepare`, so no mask exists: equal to keep_ratio = 1.
     cfg.keep_ratio = 1.0
-    no_mask = Captioning(cfg).prepare(batch, 1)
+    no_mask = CaptionObjective(cfg, ids_of(cfg)).prepare(batch, 1)
     assert "keep_idx" not in no_mask
     np.testing.assert_allclose(loss(batch), loss(no_mask), rtol=1e-6)
     train_a, train_b = obj.prepare(batch, 1), obj.prepare(batch, 2)
@@ -68,15 +68,14 @@ def test_eval_never_masks():
 
 def test_gradient_flows_only_through_kept_tokens():
     cfg, model, params, batch = _setup(0.25)
-    obj = Captioning(cfg)
+    obj = CaptionObjective(cfg, ids_of(cfg))
     step = 7
     keep = np.asarray(masking.sample_keep_indices(masking.step_key(cfg.seed, step), 4, 16, 0.25))
     enc = model.apply({"params": params}, batch["image"], method=model.encode)["prenorm"]
 
     def loss_of_tokens(tokens):
-        from openvision2.objectives.captioning import _teacher_forced, cross_entropy, shift_tokens
         inputs, targets, w = shift_tokens(batch["text"])
-        logits = model.apply({"params": params}, tokens, jnp.asarray(keep), inputs, 16, method=_teacher_forced)
+        logits = model.apply({"params": params}, tokens, jnp.asarray(keep), inputs, 16, method=teacher_forced)
         return cross_entropy(logits, targets, w)["loss_sum"]
 
     g = np.abs(np.asarray(jax.grad(loss_of_tokens)(enc))).sum(-1)  # [B, N]

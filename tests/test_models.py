@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openvision2 import config as config_lib, generate
-from openvision2.models import build_model, layers, vit
+from openvision2 import config as config_lib, recipes, sizes
+from openvision2.data.tokenizer import get_tokenizer
+from openvision2.models import layers, vit
 from openvision2.models.decoder import Decoder
 
 
@@ -23,6 +24,15 @@ def tiny_cfg(**model):
     return cfg
 
 
+def ids_of(cfg) -> recipes.SpecialIds:
+    return recipes.SpecialIds.of(get_tokenizer(cfg.text.vocab))
+
+
+def build_model(cfg, mode="train"):
+    """The model `cfg`'s recipe trains, with its tokenizer's special ids."""
+    return recipes.get(cfg.objective).build_model(cfg, ids_of(cfg), mode)
+
+
 def init(model, cfg, seed=0):
     images = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.uint8)
     return nn.unbox(model.init(jax.random.key(seed), images, jnp.zeros((1, cfg.text.max_len - 1), jnp.int32)))["params"]
@@ -32,7 +42,7 @@ def init(model, cfg, seed=0):
     ("Ti/16", 5_486_400), ("B/16", 85_646_592), ("L/14", 302_914_560), ("So400m/14", 412_147_440),
     ("g/14", 1_010_839_168)])
 def test_encoder_parameter_counts_match_table(variant, expected):
-    size = config_lib.encoder_size(variant)
+    size = sizes.encoder_size(variant)
     # Closed form for the pre-LN ViT without CLS / learned posemb / head.
     w, d, m, p = size.width, size.depth, size.mlp_dim, size.patch
     closed = p * p * 3 * w + w + d * (4 * w * w + 4 * w + 2 * w * m + m + w + 4 * w) + 2 * w
@@ -51,17 +61,19 @@ def test_openvision2_L_decoder_matches_published_size():
 
 
 def test_variant_strings_parse_and_reject():
-    assert config_lib.encoder_size("L/14") == config_lib.EncoderSize(1024, 24, 4096, 16, 14)
-    assert config_lib.encoder_size("mu/8,width=64").width == 64
-    assert config_lib.decoder_size("L").width == 768
+    assert sizes.encoder_size("L/14") == sizes.EncoderSize(1024, 24, 4096, 16, 14)
+    assert sizes.encoder_size("mu/8,width=64").width == 64
+    assert sizes.decoder_size("L").width == 768
     for bad in ("L", "Q/14", "L/14,foo=1"):
         with pytest.raises(ValueError):
-            config_lib.encoder_size(bad)
+            sizes.encoder_size(bad)
+    assert sizes.encoder_variant(1024, 24, 4096, 16, 14) == "L/14"
+    assert sizes.encoder_size(sizes.encoder_variant(48, 3, 96, 4, 8)) == sizes.EncoderSize(48, 3, 96, 4, 8)
 
 
 @pytest.mark.parametrize("cls_token,pool", [(False, "gap"), (False, "map"), (True, "none"), (False, "none")])
 def test_encoder_output_shapes(cls_token, pool):
-    size = config_lib.encoder_size("mu/8,width=32,heads=2")
+    size = sizes.encoder_size("mu/8,width=32,heads=2")
     model = vit.ViT(size, cls_token=cls_token, pool=pool)
     x = jnp.ones((2, 32, 32, 3))
     out, params = model.init_with_output(jax.random.key(0), x)
@@ -143,7 +155,7 @@ def test_greedy_with_kv_cache_equals_teacher_forced_argmax():
     model = build_model(cfg)
     params = init(model, cfg, seed=5)
     images = jax.random.randint(jax.random.key(6), (3, 32, 32, 3), 0, 255).astype(jnp.uint8)
-    tokens = generate.make_greedy_fn(cfg, 7, bos_id=1, eos_id=2)(params, images)
+    tokens = recipes.get(cfg.objective).greedy_fn(cfg, ids_of(cfg), 7)(params, images)
     assert tokens.shape == (3, 7)
     # Re-derive each token by a full uncached forward pass over the generated prefix.
     seq = jnp.concatenate([jnp.ones((3, 1), jnp.int32), tokens], axis=1)
@@ -154,7 +166,7 @@ def test_greedy_with_kv_cache_equals_teacher_forced_argmax():
 
 
 def test_grouped_query_attention_and_tied_embeddings_shapes():
-    dec = Decoder(config_lib.decoder_size("mu,width=32,heads=4"), vocab_size=40, kv_heads=1, tie_embeddings=True)
+    dec = Decoder(sizes.decoder_size("mu,width=32,heads=4"), vocab_size=40, kv_heads=1, tie_embeddings=True)
     x = jnp.ones((2, 5, 32))
     (logits, _), params = dec.init_with_output(jax.random.key(0), x, jnp.broadcast_to(jnp.arange(5), (2, 5)))
     p = nn.unbox(params)["params"]

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from openvision2.objectives.captioning import cross_entropy, shift_tokens
+from openvision2.recipes.losses import cross_entropy, shift_tokens
 
 
 def test_shift_weights_real_tokens_including_eos():

@@ -1,4 +1,4 @@
-"""The recipes beside OpenVision 2: each objective's loss against a float64 reference computed
+"""The recipes beside OpenVision 2: each recipe's loss against a float64 reference computed
 here from the model's own outputs, and the structural properties each one relies on."""
 
 import flax.linen as nn
@@ -7,32 +7,39 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openvision2 import config as config_lib, evaluate, step as step_lib
-from openvision2.models import build_model
+from openvision2 import config as config_lib, recipes
+from openvision2.config import validation
+from openvision2.evals import heldout
 from openvision2.models.mmgem import adaptive_avg_pool, roi_align
-from openvision2.objectives import get_objective
-from openvision2.objectives.contrastive import ContrastiveLoss, clip_loss
-from tests.test_models import tiny_cfg
+from openvision2.recipes.losses import ContrastiveLoss, clip_loss
+from tests.test_models import build_model, ids_of, tiny_cfg
 
 EOS, PAD = 2, 0  # the BERT tokenizer's ids in the tiny configs
 
 
+# Tiny sizes for whichever of these keys a recipe has.
+TINY = {"model.text_encoder": "mu,width=32,depth=2,heads=2", "model.embed_dim": 16, "coca.caption_queries": 4,
+        "mmgem.pool_grid": 2, "mmgem.roi_grid": 2, "mmgem.soft_prompts": 3}
+
+
+def _set(cfg, key, value, only_if_present=False):
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        if only_if_present and p not in node:
+            return
+        node = node[p]
+    if not only_if_present or leaf in node:
+        node[leaf] = value
+
+
 def objective_cfg(objective, **extra):
-    cfg = tiny_cfg()
-    cfg.objective = objective
+    cfg = config_lib.set_recipe(tiny_cfg(), objective)
     cfg.keep_ratio = 1.0
-    cfg.model.text_encoder = "mu,width=32,depth=2,heads=2"
-    cfg.model.embed_dim = 16
-    cfg.coca.caption_queries = 4
-    cfg.mmgem.pool_grid = 2
-    cfg.mmgem.roi_grid = 2
-    cfg.mmgem.soft_prompts = 3
+    for k, v in TINY.items():
+        _set(cfg, k, v, only_if_present=True)
     for k, v in extra.items():
-        *parents, leaf = k.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+        _set(cfg, k, v)
     return cfg
 
 
@@ -40,9 +47,10 @@ def make_batch(cfg, b=6, seed=0):
     """Random images, and captions of different lengths ending in [eos] then padding."""
     rng = np.random.default_rng(seed)
     batch = {"image": rng.integers(0, 256, (b, cfg.image_size, cfg.image_size, 3)).astype(np.uint8)}
-    for key, (shape, _) in config_lib.batch_fields(cfg).items():
-        if key == "image":
+    for key, (shape, _) in recipes.get(cfg.objective).batch_spec(cfg, b).items():
+        if key in ("image", "bad_records"):
             continue
+        shape = shape[1:]
         if key == "box":
             lo = rng.uniform(0, 0.5, (b, 2))
             batch[key] = np.concatenate([lo, lo + rng.uniform(0.2, 0.5, (b, 2))], 1).astype(np.float32)
@@ -59,7 +67,8 @@ def make_batch(cfg, b=6, seed=0):
 
 def params_of(cfg, seed=0):
     model = build_model(cfg)
-    return model, jax.jit(lambda k: nn.unbox(step_lib.init_params(model, cfg, k)))(jax.random.key(seed))
+    recipe = recipes.get(cfg.objective)
+    return model, jax.jit(lambda k: nn.unbox(recipe.init_params(model, cfg, k)))(jax.random.key(seed))
 
 
 def ref_infonce(img, txt, log_scale, positives=None):
@@ -94,8 +103,12 @@ def ref_caption(logits, text):
     return (nll * w).sum() / w.sum()
 
 
+def objective_of(cfg):
+    return recipes.get(cfg.objective).objective(cfg, ids_of(cfg))
+
+
 def loss_value(cfg, model, params, batch):
-    obj = get_objective(cfg)
+    obj = objective_of(cfg)
     numerator, sums = jax.jit(lambda p, b: obj.loss(model, p, obj.prepare(b, 0)))(params, batch)
     return float(numerator / jnp.maximum(sums["count"], 1.0)), sums
 
@@ -203,7 +216,7 @@ def test_mmgem_region_stage_losses_and_identity_h4():
     expected = ref_infonce(region_emb, txt, params["log_scale"], same) + cfg.caption_loss_weight * ref_caption(logits, rt)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # Only what the region stage trains gets a gradient from the region losses' own paths.
-    obj = get_objective(cfg)
+    obj = objective_of(cfg)
     grads = jax.jit(jax.grad(lambda p: obj.loss(model, p, batch)[0]))(params)
     assert float(jnp.abs(grads["h4"]["kernel"]).sum()) > 0 and float(jnp.abs(grads["soft_prompt"]).sum()) > 0
 
@@ -223,7 +236,8 @@ def test_multi_positive_infonce_reduces_to_the_plain_loss_with_the_diagonal():
 
 def test_temperature_is_clamped_at_its_floor():
     cfg = objective_cfg("clip")
-    loss = ContrastiveLoss(cfg)
+    loss = objective_of(cfg).contrastive
+    assert isinstance(loss, ContrastiveLoss) and loss.kind == "softmax"
     rng = np.random.default_rng(4)
     img, txt = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32), jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
     value, scalars = loss(img, txt, jnp.float32(np.log(1e4)))
@@ -241,7 +255,8 @@ def test_sigmoid_loss_in_the_sharded_step_is_ring_chunked_and_exact():
     rng = np.random.default_rng(5)
     img, txt = rng.normal(size=(16, 8)), rng.normal(size=(16, 8))
     x, y = (jax.device_put(jnp.asarray(a, jnp.float32), parallel.batch_sharding(mesh)) for a in (img, txt))
-    loss = ContrastiveLoss(cfg)
+    loss = objective_of(cfg).contrastive  # SigLIP's own loss: sigmoid, chunked
+    assert loss.kind == "sigmoid"
     with jax.set_mesh(mesh):
         lowered = jax.jit(lambda a, b: loss(a, b, jnp.float32(np.log(10.0)), jnp.float32(-10.0))[0]).lower(x, y)
         value = lowered.compile()(x, y)
@@ -269,12 +284,12 @@ def test_retrieval_metrics_on_hand_built_embeddings():
     txt = np.eye(5)[[0, 1, 2, 3, 4, 0]]
     img = txt.copy()
     img[2] = 1.2 * txt[3] + 0.1 * txt[2]  # image 2 looks most like caption 3, then its own
-    out = evaluate.pair_retrieval(img, txt, tokens)
+    out = heldout.pair_retrieval(img, txt, tokens)
     assert out["retrieval_pairs"] == 5
     assert out["i2t_top1"] == pytest.approx(4 / 5) and out["i2t_top5"] == 1.0
     # Text 3 now finds image 2 first; text 2 still finds image 2.
     assert out["t2i_top1"] == pytest.approx(4 / 5)
-    regions = evaluate.class_retrieval(img, txt, tokens)  # every row against the 5 distinct captions
+    regions = heldout.class_retrieval(img, txt, tokens)  # every row against the 5 distinct captions
     assert regions["retrieval_captions"] == 5 and regions["i2t_top1"] == pytest.approx(5 / 6)
 
 
@@ -283,21 +298,21 @@ def test_contrastive_recipes_refuse_gradient_accumulation_and_masking_they_do_no
     cfg.grad_accum_steps = 2
     cfg.batch_size = 8
     with pytest.raises(ValueError, match="grad_accum_steps"):
-        config_lib.validate(cfg, 1)
+        validation.validate(cfg, 1)
     for objective in ("clip", "siglip", "coca", "mmgem"):
         with pytest.raises(ValueError, match="keep_ratio=1.0"):
-            config_lib.validate(objective_cfg(objective, keep_ratio=0.35), 1)
-    config_lib.validate(objective_cfg("openvision", keep_ratio=0.35), 1)  # v1's captioner can mask
+            validation.validate(objective_cfg(objective, keep_ratio=0.35), 1)
+    validation.validate(objective_cfg("openvision", keep_ratio=0.35), 1)  # v1's captioner can mask
 
 
 @pytest.mark.slow
 def test_mmgem_region_stage_adds_h4_and_soft_prompts_trains_only_them_and_resumes(tmp_path):
-    from openvision2 import checkpoint, train
+    from openvision2 import train
+    from openvision2.train import checkpoint
     from tests.test_train import deterministic, read_metrics, tiny_train_cfg
 
     def cfg_fn():
-        cfg = tiny_train_cfg(tmp_path / "data")
-        cfg.objective = "mmgem"
+        cfg = config_lib.set_recipe(tiny_train_cfg(tmp_path / "data"), "mmgem")
         cfg.keep_ratio = 1.0
         cfg.model.embed_dim = 16
         cfg.mmgem.update(pool_grid=2, roi_grid=2, soft_prompts=2)

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openvision2 import config as config_lib, parallel
-from openvision2.step import Training
-from tests.test_models import tiny_cfg
+from openvision2 import parallel, recipes
+from openvision2.config import validation
+from openvision2.train.state import Training
+from tests.test_models import ids_of, tiny_cfg
 
 
 def _cfg(**mesh):
@@ -37,11 +38,11 @@ def _batch():
 
 
 def _run(cfg, devices, steps=2):
-    shape = config_lib.validate(cfg, len(devices))
+    shape = validation.validate(cfg, len(devices))
     mesh = parallel.make_mesh(shape, devices)
     rules = parallel.logical_rules(cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        t = Training(cfg, mesh, rules)
+        t = Training(cfg, recipes.get(cfg.objective), ids_of(cfg), mesh, rules)
         state = t.init(jax.random.key(0))
         losses = []
         for _ in range(steps):
@@ -104,13 +105,13 @@ def test_config_that_does_not_fit_fails_fast_naming_the_fix(mesh, batch, fix):
     cfg = _cfg(**mesh)
     cfg.batch_size = batch
     with pytest.raises(ValueError, match=fix):
-        config_lib.validate(cfg, 8)
+        validation.validate(cfg, 8)
 
 
 def test_free_axis_absorbs_remaining_devices():
     cfg = _cfg(data=-1, tensor=2)
     cfg.model.encoder = "mu/8,width=32,depth=2,heads=2,mlp_dim=64"
-    assert config_lib.validate(cfg, 8) == {"dcn_data": 1, "data": 4, "fsdp": 1, "tensor": 2}
+    assert validation.validate(cfg, 8) == {"dcn_data": 1, "data": 4, "fsdp": 1, "tensor": 2}
 
 
 def test_host_batch_slice_covers_the_global_batch():

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from openvision2 import sweep as sweep_lib
+from openvision2.sweeps import grid, results
 from tests.test_multiprocess import ROOT
 from tests.test_train import deterministic, read_metrics
 
@@ -25,8 +25,8 @@ ENC = {"w32": "mu/8,width=32,depth=2,heads=2", "w64": "mu/8,width=64,depth=2,hea
 
 
 def expand(build, base="configs/demo.py"):
-    h = sweep_lib.Hyper()
-    return sweep_lib.expand(build(h), h, base)
+    h = grid.Hyper()
+    return grid.expand(build(h), h, base)
 
 
 def test_product_zip_and_chain_expand_in_order_with_readable_stable_names():
@@ -83,21 +83,21 @@ def test_sweep_files_name_a_base_config_or_are_one(tmp_path):
                    "    return c\n"
                    "def get_hyper(h):\n"
                    "    return h.sweep('seed', [0, 1])\n")
-    sweep = sweep_lib.load(f"{own}:steps=9")
+    sweep = grid.load(f"{own}:steps=9")
     assert sweep.base == f"{own}:steps=9" and [p.config.total_steps for p in sweep.points] == [9, 9]
     assert [p.name for p in sweep.points] == ["seed=0", "seed=1"]
 
-    demo = sweep_lib.load(f"{DEMO}:steps=30")
+    demo = grid.load(f"{DEMO}:steps=30")
     assert demo.base == "configs/demo.py"
     assert [p.name for p in demo.points] == [f"enc={e},keep={k}" for e in ("w64", "w128") for k in ("0.25", "0.5", "1")]
     assert {p.config.total_steps for p in demo.points} == {30}
-    assert sweep_lib.load(DEMO).points[0].config.total_steps == 300
+    assert grid.load(DEMO).points[0].config.total_steps == 300
 
     (tmp_path / "none.py").write_text("BASE = 'configs/demo.py'\n")
     with pytest.raises(ValueError, match="defines no get_hyper"):
-        sweep_lib.load(str(tmp_path / "none.py"))
+        grid.load(str(tmp_path / "none.py"))
     with pytest.raises(FileNotFoundError, match="not found"):
-        sweep_lib.load(str(tmp_path / "missing.py"))
+        grid.load(str(tmp_path / "missing.py"))
 
 
 def dry_run(root, *backend_args) -> list[list[str]]:
@@ -153,7 +153,7 @@ def slurm_train_argvs(root, tmp_path) -> list[list[str]]:
 # registers each --config.<key> as a flag of its own).
 PARSE = """
 import json, sys
-from openvision2 import train
+import openvision2.train.__main__ as train
 parsed = []
 for argv in json.load(sys.stdin):
     for name in [n for n in train.FLAGS if n.startswith("config.")]:
@@ -170,7 +170,7 @@ print(json.dumps(parsed))
 def test_every_backend_hands_the_trainer_exactly_each_points_config(tmp_path):
     """local, tpu (through launch/tpu_pod.sh --dry-run) and slurm (through the sbatch script) deliver flags that
     the trainer's own flag parser turns into each point's config and workdir."""
-    points = sweep_lib.load(f"{DEMO}:steps=30").points
+    points = grid.load(f"{DEMO}:steps=30").points
     local = dry_run(tmp_path / "local")
     assert all(cmd[:3] == [sys.executable, "-m", "openvision2.train"] for cmd in local)
     argvs = {"local": [after_module(c) for c in local], "tpu": tpu_train_argvs("gs://bucket/sweep"),
@@ -186,7 +186,7 @@ def test_every_backend_hands_the_trainer_exactly_each_points_config(tmp_path):
         assert len(argvs[backend]) == len(points) == 6
         for point in points:
             got = next(parsed)
-            expected = sweep_lib.config_json(point.config)
+            expected = grid.config_json(point.config)
             if backend == "slurm":
                 expected["model"]["attention_impl"] = "cudnn"
             assert got["workdir"] == f"{root}/{point.dir}"
@@ -194,22 +194,22 @@ def test_every_backend_hands_the_trainer_exactly_each_points_config(tmp_path):
 
 
 def test_finished_points_are_read_from_the_workdir(tmp_path):
-    config = sweep_lib.config_json(sweep_lib.load(f"{DEMO}:steps=6").points[0].config)
-    status = lambda: sweep_lib.point_status(str(tmp_path / "w"), config)
+    config = grid.config_json(grid.load(f"{DEMO}:steps=6").points[0].config)
+    status = lambda: results.point_status(str(tmp_path / "w"), config)
     assert status().state == "missing"
     os.makedirs(tmp_path / "w" / "checkpoints")
     (tmp_path / "w" / "config.json").write_text(json.dumps({**config, "keep_ratio": 0.9}))
-    assert status() == sweep_lib.Status("incomplete", 0, "no checkpoint yet")  # another config, nothing to mix
+    assert status() == results.Status("incomplete", 0, "no checkpoint yet")  # another config, nothing to mix
     (tmp_path / "w" / "config.json").write_text(json.dumps(config))
     os.makedirs(tmp_path / "w" / "checkpoints" / "3")
     os.makedirs(tmp_path / "w" / "checkpoints" / "6.orbax-checkpoint-tmp-12")  # a save still in flight
     (tmp_path / "w" / "metrics.jsonl").write_text('{"step": 3, "train/loss": 1.0}\n{"step": 6, "eval/lo')
-    assert status() == sweep_lib.Status("incomplete", 3, "checkpoint at step 3/6")
+    assert status() == results.Status("incomplete", 3, "checkpoint at step 3/6")
     os.makedirs(tmp_path / "w" / "checkpoints" / "6")
     assert status().state == "incomplete"  # killed after the last save, before the final eval
     with open(tmp_path / "w" / "metrics.jsonl", "a") as f:
         f.write('\n{"step": 6, "eval/loss": 0.5}\n')
-    assert status() == sweep_lib.Status("finished", 6)
+    assert status() == results.Status("finished", 6)
     (tmp_path / "w" / "config.json").write_text(json.dumps({**config, "keep_ratio": 0.9}))
     mismatch = status()
     assert mismatch.state == "mismatch" and "keep_ratio: 0.9 != 0.25" in mismatch.detail
@@ -229,7 +229,7 @@ while True:
 
 
 def _job(tmp_path, name, code):
-    point = sweep_lib.Point(name, {}, {}, None)
+    point = grid.Point(name, {}, {}, None)
     return sweep_tool.Job(point, str(tmp_path / name), [sys.executable, "-c", code, str(tmp_path / f"{name}.txt")],
                           {"total_steps": 1})
 
@@ -249,7 +249,7 @@ def test_interrupting_the_sweep_sends_sigterm_to_running_points_and_starts_no_mo
     # SIGINT never reached it directly), and point b never started.
     assert (tmp_path / "a.txt").read_text().splitlines() == ["started", "sigterm own_group=True"]
     assert not (tmp_path / "b.txt").exists()
-    assert json.loads((tmp_path / "a" / sweep_lib.RUNS_LOG).read_text())["returncode"] == 0
+    assert json.loads((tmp_path / "a" / results.RUNS_LOG).read_text())["returncode"] == 0
 
 
 def test_a_failing_point_does_not_stop_the_others(tmp_path):
@@ -319,8 +319,8 @@ def test_sweep_runs_resumes_an_interrupted_point_skips_finished_ones_and_reports
     # Interrupt point keep=0.5 after 4 of 6 steps, exactly as its printed command runs it.
     subprocess.run([*commands[0], "--stop_after_steps=4"], cwd=ROOT, env=env, check=True, capture_output=True)
     half = root / "keep=0.5"
-    assert sweep_lib.point_status(str(half), json.load(open(half / "config.json"))) == \
-        sweep_lib.Status("incomplete", 4, "checkpoint at step 4/6")
+    assert results.point_status(str(half), json.load(open(half / "config.json"))) == \
+        results.Status("incomplete", 4, "checkpoint at step 4/6")
 
     run = sweep()
     assert run.returncode == 0, run.stdout + run.stderr

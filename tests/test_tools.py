@@ -1,4 +1,4 @@
-"""The measurement tool runs any config and reports every field INTERFACES.md lists."""
+"""The measurement tools run any config and report every field of their documented JSON lines."""
 
 import json
 import os
@@ -57,8 +57,29 @@ def test_benchmark_measures_other_recipes_stage_by_stage():
 
 
 def test_compare_values_split_into_specs_only_before_a_config_path():
-    from openvision2.config import split_specs
+    from openvision2.config.cli import split_specs
     # A spec's own argument keeps its commas; the older comma-separated list form still works.
     assert split_specs(["configs/clip.py:B/16,res=112,batch=8"]) == ["configs/clip.py:B/16,res=112,batch=8"]
     assert split_specs(["configs/a.py,configs/b.py:tiny"]) == ["configs/a.py", "configs/b.py:tiny"]
     assert split_specs(["a.py:B/16,keep=1.0,b.py:x,y=1", "c.py"]) == ["a.py:B/16,keep=1.0", "b.py:x,y=1", "c.py"]
+
+
+def test_tools_parse_config_overrides_exactly_as_the_trainer_does():
+    """benchmark, aot_compile and sweeps load configs through config_flags, like the trainer: the
+    same types, the same refusals (an old hand-written parser turned `ture` into False)."""
+    from absl import flags
+    import pytest
+    from openvision2.config import cli
+
+    spec = f"{ROOT}/configs/demo.py"
+    cfg = cli.load(spec, ["--steps=3", "--config.model.scan_layers=true", "--config.batch_size", "32", f"--config={spec}"])
+    assert cfg.model.scan_layers is True and cfg.batch_size == 32 and cfg.total_steps == 1200
+    with pytest.raises(flags.IllegalFlagValueError, match="ture"):
+        cli.load(spec, ["--config.model.scan_layers=ture"])
+    with pytest.raises(AttributeError, match='Did you mean "encoder"'):
+        cli.load(spec, ["--config.model.encodr=B/16"])
+    # A compared config of another recipe takes the overrides whose keys it has, and says which it left out.
+    mmgem, left_out = cli.load_shared(f"{ROOT}/configs/mmgem.py:tiny",
+                                      ["--config.model.text_encoder=mu", "--config.batch_size=16",
+                                       "--config.mmgem.pool_grid", "2"])
+    assert left_out == ["model.text_encoder"] and mmgem.batch_size == 16 and mmgem.mmgem.pool_grid == 2

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from openvision2 import checkpoint, train
+from openvision2 import train
+from openvision2.train import checkpoint
 from tests.test_models import tiny_cfg
 
 

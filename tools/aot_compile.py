@@ -30,7 +30,11 @@ import jax
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf, stages, step as step_lib
+from openvision2 import parallel, recipes
+from openvision2.config import cli, stages, validation
+from openvision2.data.tokenizer import get_tokenizer
+from openvision2.train import perf
+from openvision2.train.state import Training
 
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=False)
@@ -42,7 +46,7 @@ flags.DEFINE_integer("batch_multiple", 8, "Granularity of the max-batch search."
 flags.DEFINE_string("stage", "", "Curriculum stage to compile (default: every stage in turn).")
 flags.DEFINE_float("hbm_gib", 0.0, "HBM per chip in GiB (0 = from the table by TPU generation).")
 flags.DEFINE_multi_string("compare", [], "Another config spec to compile the same way (repeatable, or a comma-separated "
-                          "list of `.py` specs; same --config.* overrides); ratio lines give per-chip memory and "
+                          "list of `.py` specs; the same --config.* overrides where it has their keys); ratio lines give per-chip memory and "
                           "largest batch against the first config.")
 FLAGS = flags.FLAGS
 
@@ -67,16 +71,18 @@ def topology_devices(name: str, num_slices: int = 1):
 
 def compile_step(cfg, devices) -> dict:
     """Lowers and compiles the train step for `devices`; returns its memory and cost."""
-    shape = config_lib.validate(cfg, len(devices))
+    shape = validation.validate(cfg, len(devices))
     mesh = parallel.make_mesh(shape, devices)
     rules = parallel.logical_rules(cfg)
+    recipe = recipes.get(cfg.objective)
+    ids = recipes.SpecialIds.of(get_tokenizer(cfg.text.vocab))
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        t = step_lib.Training(cfg, mesh, rules)
+        t = Training(cfg, recipe, ids, mesh, rules)
         batch_sh = parallel.batch_sharding(mesh)
         b, s = cfg.batch_size, cfg.image_size
         batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
-                 for k, (shape, dtype) in step_lib.batch_spec(cfg, b).items()}
+                 for k, (shape, dtype) in recipe.batch_spec(cfg, b).items()}
         lowered = t.train_step.lower(t.abstract_state, batch)
         try:
             compiled = lowered.compile()
@@ -90,7 +96,7 @@ def compile_step(cfg, devices) -> dict:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    total = perf.compiled_bytes(mem)
     return {
         "mesh": shape,
         "chips": len(devices),
@@ -133,8 +139,11 @@ def main(argv):
     if not hbm:
         raise app.UsageError(f"Unknown HBM size for {generation!r}: pass --hbm_gib.")
     runs = [(config_flags.get_config_filename(FLAGS["config"]), cfg)]
-    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:]))
-             for spec in config_lib.split_specs(FLAGS.compare)]
+    for spec in cli.split_specs(FLAGS.compare):
+        compared, left_out = cli.load_shared(spec, sys.argv[1:])
+        if left_out:
+            print(f"note: {spec} has no {', '.join(left_out)}: those overrides are left out for it", file=sys.stderr)
+        runs.append((spec, compared))
     results = []
     for name, run_cfg in runs:
         if FLAGS.num_slices > 1:

@@ -25,13 +25,17 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from openvision2 import config as config_lib, parallel, perf, stages, step as step_lib
+from openvision2 import parallel, recipes
+from openvision2.config import cli, stages, validation
+from openvision2.data.tokenizer import get_tokenizer
+from openvision2.train import perf
+from openvision2.train.state import Training
 
 
 config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=True)
 flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 flags.DEFINE_multi_string("compare", [], "Another config spec to run in the same process, with the same --config.* "
-                          "overrides (repeatable; a comma-separated list of `.py` specs works too).")
+                          "overrides where it has their keys (repeatable; a comma-separated list of `.py` specs works too).")
 flags.DEFINE_string("stage", "", "Curriculum stage to measure (default: every stage of a staged config).")
 flags.DEFINE_bool("data", False, "Measure the input pipeline instead of the step: decoded, augmented, tokenised "
                   "images/s on real JPEG photos, for each --image_sizes x --workers.")
@@ -44,10 +48,9 @@ FLAGS = flags.FLAGS
 def synthetic_batch(cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random data of exactly the recipe's batch layout: full-length captions (the most work),
     random images, boxes covering a random part of each image."""
-    from openvision2.data.tokenizer import get_tokenizer
     tok = get_tokenizer(cfg.text.vocab)
     batch = {}
-    for key, (shape, dtype) in step_lib.batch_spec(cfg, cfg.batch_size).items():
+    for key, (shape, dtype) in recipes.get(cfg.objective).batch_spec(cfg, cfg.batch_size).items():
         if key == "image":
             batch[key] = rng.integers(0, 256, size=shape).astype(np.uint8)
         elif key == "box":
@@ -63,10 +66,11 @@ def synthetic_batch(cfg, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def benchmark(cfg, name: str, steps: int, matmul_peak: float) -> dict:
-    mesh = parallel.make_mesh(config_lib.validate(cfg, jax.device_count()))
+    mesh = parallel.make_mesh(validation.validate(cfg, jax.device_count()))
     rules = parallel.logical_rules(cfg)
+    ids = recipes.SpecialIds.of(get_tokenizer(cfg.text.vocab))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        t = step_lib.Training(cfg, mesh, rules)
+        t = Training(cfg, recipes.get(cfg.objective), ids, mesh, rules)
         state = t.init(jax.random.key(0))
         batch = parallel.to_global(mesh, synthetic_batch(cfg, np.random.default_rng(0)), cfg.batch_size)
         compiled = t.train_step.lower(state, batch).compile()
@@ -79,10 +83,7 @@ def benchmark(cfg, name: str, steps: int, matmul_peak: float) -> dict:
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - start) / steps
     flops = perf.train_flops(cfg)
-    peak_bytes = None
-    if mem is not None:
-        peak_bytes = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                         - mem.alias_size_in_bytes)
+    peak_bytes = None if mem is None else perf.compiled_bytes(mem)
     return {
         "name": name,
         "step_s": step_s,
@@ -133,7 +134,6 @@ def data_benchmark(cfg, sizes: list[int], workers: list[int], batches: int) -> l
     import tempfile
 
     from openvision2.data import pipeline
-    from openvision2.data.tokenizer import get_tokenizer
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +144,8 @@ def data_benchmark(cfg, sizes: list[int], workers: list[int], batches: int) -> l
         for size in sizes:
             for w in workers:
                 cfg.image_size, cfg.data.workers = size, w
-                it = pipeline.train_batches(cfg, tokenizer, start_step=0, global_batch=cfg.batch_size,
+                stream = recipes.get(cfg.objective).stream(cfg)
+                it = pipeline.train_batches(cfg.data, stream, tokenizer, start_step=0, global_batch=cfg.batch_size,
                                             host_batch=cfg.batch_size, host_offset=0)
                 next(it)  # warm-up: worker start, first decodes
                 start = time.perf_counter()
@@ -167,8 +168,11 @@ def main(argv):
                        FLAGS.batches)
         return
     runs = [(config_flags.get_config_filename(FLAGS["config"]), FLAGS.config)]
-    runs += [(spec, config_lib.load_with_overrides(spec, sys.argv[1:]))
-             for spec in config_lib.split_specs(FLAGS.compare)]
+    for spec in cli.split_specs(FLAGS.compare):
+        compared, left_out = cli.load_shared(spec, sys.argv[1:])
+        if left_out:
+            print(f"note: {spec} has no {', '.join(left_out)}: those overrides are left out for it", file=sys.stderr)
+        runs.append((spec, compared))
     matmul_peak = perf.measure_matmul_flops()
     results = []
     for name, cfg in runs:

@@ -72,7 +72,7 @@ def main(argv):
                 hidden = model(pixel_values=pixels).last_hidden_state.numpy()
             report(check="hf last_hidden_state vs patch_tokens", transformers=transformers.__version__,
                    model=type(model).__name__, max_abs=float(np.abs(hidden - ours["patch_tokens"]).max()))
-            level = float(1 / 255 / min(pixel_norm_stats(run.cfg.model.get("pixel_norm", "imagenet"))[1]))
+            level = float(1 / 255 / min(pixel_norm_stats(run.cfg.model.pixel_norm)[1]))
             major = int(transformers.__version__.split(".")[0])
             for backend, kwargs in (("default", {}), ("pil", {"backend": "pil"} if major >= 5 else {"use_fast": False})):
                 processor = transformers.AutoImageProcessor.from_pretrained(out, **kwargs)

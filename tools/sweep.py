@@ -5,7 +5,7 @@ r"""Run, resume or submit a sweep, and report its results.
   python tools/sweep.py --config=... --root=gs://b/sweep --backend=tpu --tpu=NAME --zone=ZONE [--project=P]
   python tools/sweep.py --config=... --root=/shared/sweep --backend=slurm [--sbatch-args='--nodes=4']
 
-Every point is the plain trainer command (see openvision2/sweep.py) run from
+Every point is the plain trainer command (see openvision2/sweeps/grid.py) run from
 the repository root. Points whose workdir shows them finished are skipped, so
 rerunning the same command resumes the sweep: the trainer itself resumes an
 interrupted point from its latest checkpoint.
@@ -34,9 +34,9 @@ import sys
 import tempfile
 import time
 
-from openvision2 import sweep as sweep_lib
+from openvision2.sweeps import grid, results
 
-REPO = sweep_lib.REPO
+REPO = grid.REPO
 
 
 def parse_args(argv=None):
@@ -71,7 +71,7 @@ def is_remote(root: str) -> bool:
     return "://" in root
 
 
-def point_command(args, base: str, point: sweep_lib.Point, workdir: str) -> list[str]:
+def point_command(args, base: str, point: grid.Point, workdir: str) -> list[str]:
     """The command that runs (local, tpu) or submits (slurm) one point, from the repository root."""
     train = point.train_flags(base, workdir)
     if args.backend == "local":
@@ -110,7 +110,7 @@ def _fmt(seconds: float) -> str:
 
 @dataclasses.dataclass
 class Job:
-    point: sweep_lib.Point
+    point: grid.Point
     workdir: str
     cmd: list[str]
     config: dict  # the point's resolved config, as config.json holds it
@@ -150,9 +150,9 @@ def run_local(jobs: list[Job], parallel: int) -> tuple[dict, int | None]:
                 log.close()
                 codes[name] = proc.returncode
                 wall = time.time() - t0
-                with open(os.path.join(job.workdir, sweep_lib.RUNS_LOG), "a") as f:
+                with open(os.path.join(job.workdir, results.RUNS_LOG), "a") as f:
                     f.write(json.dumps({"start": t0, "wall_s": wall, "returncode": proc.returncode}) + "\n")
-                status = sweep_lib.point_status(job.workdir, job.config)
+                status = results.point_status(job.workdir, job.config)
                 if proc.returncode == 0 and status.state == "finished":
                     print(f"{name}: finished in {_fmt(wall)}", flush=True)
                 elif proc.returncode == 0 or proc.returncode == -signal.SIGTERM:
@@ -194,10 +194,10 @@ def submit(args, jobs: list[Job]) -> list[str]:
 
 def report(args) -> int:
     root = os.path.abspath(args.root)
-    manifest = sweep_lib.load(args.config).manifest() if args.config else sweep_lib.load_manifest(root)
-    rows = sweep_lib.collect_results(root, manifest)
-    sweep_lib.write_csv(rows, os.path.join(root, "results.csv"))
-    drawn = sweep_lib.plot_scaling(rows, manifest, os.path.join(root, "scaling.png"),
+    manifest = grid.load(args.config).manifest() if args.config else results.load_manifest(root)
+    rows = results.collect_results(root, manifest)
+    results.write_csv(rows, os.path.join(root, "results.csv"))
+    drawn = results.plot_scaling(rows, manifest, os.path.join(root, "scaling.png"),
                                    f"{os.path.basename(manifest['spec'].split(':')[0])}: final eval loss vs compute")
     for row in rows:
         print(f"{row['name']:<32} {row['status']:<10} step {row['step']:>6}  eval/loss {row.get('eval/loss', '')}")
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     try:
         if args.report:
             return report(args)
-        sweep = sweep_lib.load(args.config)
+        sweep = grid.load(args.config)
     except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
@@ -225,8 +225,8 @@ def main(argv=None) -> int:
     jobs, blocked = [], []
     for point in sweep.points:
         workdir = f"{root}/{point.dir}"
-        config = sweep_lib.config_json(point.config)
-        status = None if remote else sweep_lib.point_status(workdir, config)
+        config = grid.config_json(point.config)
+        status = None if remote else results.point_status(workdir, config)
         if status and status.state == "finished":
             print(f"# skip {point.name}: finished (step {status.step})")
         elif status and status.state == "mismatch":
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         return 0
     if not remote:
         check_writable(root)
-        with open(os.path.join(root, sweep_lib.MANIFEST), "w") as f:
+        with open(os.path.join(root, grid.MANIFEST), "w") as f:
             json.dump(sweep.manifest(), f, indent=1)
     if args.backend != "local":
         failed = submit(args, jobs)
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     codes, stopped = run_local(jobs, args.parallel)
     unfinished = [p.name for p in sweep.points
-                  if sweep_lib.point_status(f"{root}/{p.dir}", sweep_lib.config_json(p.config)).state != "finished"]
+                  if results.point_status(f"{root}/{p.dir}", grid.config_json(p.config)).state != "finished"]
     print(f"sweep: {len(sweep.points) - len(unfinished)}/{len(sweep.points)} points finished "
           f"({len(codes)} run now, {_fmt(time.time() - t0)})" + (f"; not finished: {unfinished}" if unfinished else ""))
     if stopped:

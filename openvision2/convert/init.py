@@ -23,8 +23,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from openvision2 import config as config_lib
-from openvision2.convert import llama, openclip, siglip, table, timm, vit
+from openvision2 import sizes
+from openvision2.convert import gguf, llama, openclip, siglip, table, timm, vit
 from openvision2.models import vit as vit_lib
 
 
@@ -85,12 +85,12 @@ def _strip(tensors, prefix):
 
 
 def _check_state_dict_dims(dims: dict, cfg, source: str):
-    size = config_lib.encoder_size(cfg.model.encoder)
+    size = sizes.encoder_size(cfg.model.encoder)
     have = dict(width=size.width, depth=size.depth, patch=size.patch, mlp_dim=size.mlp_dim)
     if any(dims[k] != have[k] for k in have):
         raise table.CheckpointMismatch(
             f"{source} is a different encoder: {dims} vs the model's {have}; set --config.model.encoder="
-            f"'{vit.variant(dims['width'], dims['depth'], dims['mlp_dim'], size.heads, dims['patch'])}' (a state "
+            f"'{sizes.encoder_variant(dims['width'], dims['depth'], dims['mlp_dim'], size.heads, dims['patch'])}' (a state "
             "dict does not record the head count: check heads= too).")
 
 
@@ -99,7 +99,7 @@ def load_encoder(path: str, cfg, target) -> tuple[dict, table.Report]:
     tensors, hf = read_tensors(path), read_config(path)
     report = table.Report(f"encoder from {path}")
     if cfg.model.posemb == "sincos":  # checked against the fixed table, then dropped (see vit.absorb_posemb)
-        g, width = vit.grid(cfg), config_lib.encoder_size(cfg.model.encoder).width
+        g, width = vit.grid(cfg), sizes.encoder_size(cfg.model.encoder).width
         target = {**target, vit.POS: table.Spec((1, g * g, width), np.dtype(np.float32))}
     config, ignore = hf, ()
     if hf and hf.get("model_type") == "llava":
@@ -147,7 +147,7 @@ def check_pixel_norm(path: str, kind: str, config: dict | None, cfg, report: tab
         source = (p.get("image_mean"), p.get("image_std")) if p.get("do_normalize", True) else ((0, 0, 0), (1, 1, 1))
     elif kind == "timm" and config and "pretrained_cfg" in config:
         source = (config["pretrained_cfg"].get("mean"), config["pretrained_cfg"].get("std"))
-    name = cfg.model.get("pixel_norm", "imagenet")
+    name = cfg.model.pixel_norm
     ours = vit_lib.pixel_norm_stats(name)
     if source is None or None in source:
         report.notes.append(f"the checkpoint does not record its input normalisation; using model.pixel_norm="
@@ -170,7 +170,6 @@ def check_pixel_norm(path: str, kind: str, config: dict | None, cfg, report: tab
 def load_decoder(path: str, cfg, target) -> tuple[dict, table.Report]:
     report_source = f"decoder from {path}"
     if path.endswith(".gguf"):
-        from openvision2.convert import gguf  # Local: the gguf package is an optional extra.
         tensors, hf, _ = gguf.load_llama_gguf(path)
     else:
         tensors, hf = read_tensors(path), read_config(path)
@@ -189,7 +188,7 @@ def load_decoder(path: str, cfg, target) -> tuple[dict, table.Report]:
 
 def check_vocab(cfg):
     """The tokenizer travels with an LLM decoder: its ids index the imported embedding rows."""
-    path = cfg.get("init_decoder_from", "")
+    path = cfg.init_decoder_from
     if path and not cfg.text.vocab.startswith(("hf:", "gguf:")):
         kind = "gguf" if path.endswith(".gguf") else "hf"
         raise ValueError(f"init_decoder_from={path!r} brings its own vocabulary, but text.vocab={cfg.text.vocab!r}; "
@@ -206,6 +205,9 @@ def initialise(cfg, params) -> tuple[dict[str, dict], list[table.Report]]:
     for key, component, loader in (("init_from", "encoder", load_encoder),
                                    ("init_decoder_from", "decoder", load_decoder)):
         if cfg.get(key):
+            if component not in params:
+                raise ValueError(f"{key}={cfg.get(key)!r}: objective={cfg.objective!r} has no `{component}` parameters "
+                                 f"to load it into (its model has {sorted(params)}).")
             target = table.flatten(params[component], shapes_only=True)
             loaded[component], report = loader(cfg.get(key), cfg, target)
             reports.append(report)

@@ -5,17 +5,15 @@ biases, optional GQA and tied embeddings, so the mapping is names and Dense
 transposes only. A GGUF file reaches this table through
 `openvision2.convert.gguf.load_llama_gguf`, which returns HF names.
 
-  params = llama_to_ours(tensors, cfg)[0]          # -> {"decoder": ...}-style subtree
-  tensors = ours_to_llama(params["decoder"], cfg)  # -> LlamaForCausalLM state dict
+  flat, report = load(tensors, cfg, target_flat, source)  # LlamaForCausalLM -> our flat decoder params
+  tensors = ours_to_llama(params["decoder"], cfg)           # -> LlamaForCausalLM state dict
 """
 
 from __future__ import annotations
 
-import jax
-import flax.linen as nn
 import numpy as np
 
-from openvision2 import config as config_lib
+from openvision2 import sizes
 from openvision2.convert import table
 from openvision2.convert.table import DENSE, linear, rule
 
@@ -38,13 +36,13 @@ IGNORE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
 def rules(cfg) -> list[table.Rule]:
     """Our decoder params (relative to `decoder/`) <-> LlamaForCausalLM keys."""
-    depth = config_lib.decoder_size(cfg.model.decoder).depth
+    depth = sizes.decoder_size(cfg.model.decoder).depth
     return STEM + table.expand(BLOCK, depth) + FINAL + ([] if cfg.model.tie_embeddings else LM_HEAD)
 
 
 def hf_config(cfg, tokenizer=None, max_positions: int = 0) -> dict:
     """`LlamaConfig` fields; `rope_theta` and `rope_parameters` are both written so 4.57 and 5.x agree."""
-    size = config_lib.decoder_size(cfg.model.decoder)
+    size = sizes.decoder_size(cfg.model.decoder)
     out = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -95,7 +93,7 @@ def config_overrides(hf: dict) -> dict[str, object]:
 def check_hf_config(hf: dict, cfg, source: str) -> list[str]:
     """Raises naming the `--config.*` fixes when the decoder architecture differs; returns notes."""
     want = config_overrides(hf)
-    size, have_size = config_lib.decoder_size(want["model.decoder"]), config_lib.decoder_size(cfg.model.decoder)
+    size, have_size = sizes.decoder_size(want["model.decoder"]), sizes.decoder_size(cfg.model.decoder)
     have = {"model.kv_heads": cfg.model.kv_heads if (cfg.model.kv_heads or have_size.heads) != have_size.heads else 0,
             "model.tie_embeddings": bool(cfg.model.tie_embeddings), "model.rope_theta": float(cfg.model.rope_theta)}
     fixes = [f"--config.model.decoder='{want['model.decoder']}'"] if size != have_size else []
@@ -121,29 +119,6 @@ def load(tensors, cfg, target_flat, source: str) -> tuple[dict, table.Report]:
             report.notes.append("the checkpoint has a separate lm_head but the model ties embeddings: lm_head dropped "
                                 "(set --config.model.tie_embeddings=False to keep it)")
     return table.load(tensors, rules(cfg), target_flat, report, ignore=ignore), report
-
-
-def _decoder_template(cfg):
-    from openvision2 import step  # Local: model code is only needed here.
-    from openvision2.models import build_model
-    shapes = nn.unbox(jax.eval_shape(lambda: step.init_params(build_model(cfg), cfg, jax.random.key(0))))
-    if "decoder" not in shapes:
-        raise ValueError(f"objective={cfg.objective!r} has no LLaMA decoder to load {cfg.init_decoder_from!r} into; "
-                         "init_decoder_from works for captioning, openvision and mmgem.")
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["decoder"])
-
-
-def llama_to_ours(tensors, cfg, hf_config: dict | None = None) -> tuple[dict, table.Report]:
-    """HF LlamaForCausalLM tensors -> our nested decoder params (the `params["decoder"]` subtree).
-
-    Checks the architecture against `hf_config` when given; padding vocabulary rows are zero.
-    """
-    source = "Llama checkpoint"
-    if hf_config is not None:
-        check_hf_config(hf_config, cfg, source)
-    template = _decoder_template(cfg)
-    flat, report = load(tensors, cfg, table.flatten(template), source)
-    return table.unflatten(flat, template), report
 
 
 def ours_to_llama(decoder_params, cfg) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ with bias, a learned position table, pre-LN blocks with biased q/k/v/o,
 
 from __future__ import annotations
 
-from openvision2 import config as config_lib
+from openvision2 import sizes
 from openvision2.convert import table, vit
 from openvision2.convert.table import CONV, FUSED_BIASES, FUSED_KERNELS, UNBATCH, linear, norm, rule
 from openvision2.models.vit import pixel_norm_stats
@@ -50,7 +50,7 @@ def check_exportable(cfg):
 
 def rules(cfg, *, head_optional: bool = False) -> list[table.Rule]:
     """The table for our encoder params (relative to `encoder/`), SigLIP keys relative to `vision_model.`."""
-    depth = config_lib.encoder_size(cfg.model.encoder).depth
+    depth = sizes.encoder_size(cfg.model.encoder).depth
     out = STEM + table.expand(BLOCK, depth) + FINAL
     if cfg.model.pool == "map" and not cfg.model.cls_token:
         out += [table.Rule(r.ours, r.theirs, r.transform, optional=head_optional) for r in HEAD]
@@ -59,7 +59,7 @@ def rules(cfg, *, head_optional: bool = False) -> list[table.Rule]:
 
 def hf_config(cfg) -> dict:
     """`SiglipVisionConfig` fields (transformers 4.57 and 5.x)."""
-    size = config_lib.encoder_size(cfg.model.encoder)
+    size = sizes.encoder_size(cfg.model.encoder)
     return {
         "model_type": "siglip_vision_model",
         "architectures": ["SiglipVisionModel"],
@@ -82,7 +82,7 @@ def preprocessor_config(cfg) -> dict:
     """A CLIP-style processor (shorter side to S, centre crop, the model's pixel normalisation):
     our eval transform. SigLIP's own processor squashes to S x S without cropping, so it is not used."""
     s = cfg.image_size
-    mean, std = pixel_norm_stats(cfg.model.get("pixel_norm", "imagenet"))
+    mean, std = pixel_norm_stats(cfg.model.pixel_norm)
     return {
         "image_processor_type": "CLIPImageProcessor",
         "do_resize": True,

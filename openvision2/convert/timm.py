@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openvision2 import config as config_lib
+from openvision2 import sizes
 from openvision2.convert import table, vit
 from openvision2.convert.table import CONV, FUSED_BIASES, FUSED_KERNELS, linear, norm, rule
 from openvision2.models.vit import pixel_norm_stats
@@ -48,7 +48,7 @@ IGNORE = (r"head\.(weight|bias)", r"fc_norm\..*")  # a classifier and its norm: 
 
 
 def rules(cfg, *, head_optional: bool = False) -> list[table.Rule]:
-    depth = config_lib.encoder_size(cfg.model.encoder).depth
+    depth = sizes.encoder_size(cfg.model.encoder).depth
     out = STEM + (CLS if cfg.model.cls_token else []) + table.expand(BLOCK, depth) + FINAL
     if _global_pool(cfg) == "map":
         out += [table.Rule(r.ours, r.theirs, r.transform, optional=head_optional) for r in HEAD]
@@ -70,7 +70,7 @@ def _mlp_ratio(width: int, mlp_dim: int) -> float:
 
 
 def model_args(cfg) -> dict:
-    size = config_lib.encoder_size(cfg.model.encoder)
+    size = sizes.encoder_size(cfg.model.encoder)
     return {
         "img_size": cfg.image_size,
         "patch_size": size.patch,
@@ -91,11 +91,11 @@ def model_args(cfg) -> dict:
 def timm_config(cfg) -> dict:
     """`config.json` for `timm.create_model("local-dir:<dir>", pretrained=True)`."""
     s = cfg.image_size
-    mean, std = pixel_norm_stats(cfg.model.get("pixel_norm", "imagenet"))
+    mean, std = pixel_norm_stats(cfg.model.pixel_norm)
     return {
         "architecture": "vit_base_patch16_224",  # a registered name; model_args override every dimension
         "model_args": model_args(cfg),
-        "num_features": config_lib.encoder_size(cfg.model.encoder).width,
+        "num_features": sizes.encoder_size(cfg.model.encoder).width,
         "pretrained_cfg": {
             "input_size": [3, s, s],
             "interpolation": "bicubic",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openvision2 import config as config_lib
+from openvision2 import sizes
 from openvision2.convert import table
 from openvision2.models import layers
 
@@ -12,7 +12,7 @@ POS = "pos_embedding"  # our learned position table, [1, N, D]
 
 
 def grid(cfg) -> int:
-    size = config_lib.encoder_size(cfg.model.encoder)
+    size = sizes.encoder_size(cfg.model.encoder)
     if cfg.image_size % size.patch:
         raise ValueError(f"image_size={cfg.image_size} is not a multiple of the patch size {size.patch}.")
     return cfg.image_size // size.patch
@@ -27,7 +27,7 @@ def flat_encoder(encoder_params, cfg) -> dict[str, np.ndarray]:
     flat = table.flatten(encoder_params)
     if cfg.model.posemb == "sincos":
         g = grid(cfg)
-        flat[POS] = layers.posemb_sincos_2d(g, g, config_lib.encoder_size(cfg.model.encoder).width)[None]
+        flat[POS] = layers.posemb_sincos_2d(g, g, sizes.encoder_size(cfg.model.encoder).width)[None]
     return flat
 
 
@@ -44,24 +44,16 @@ def absorb_posemb(loaded: dict[str, np.ndarray], cfg, report: table.Report):
                             "sin-cos ones (set --config.model.posemb=learned to load them)")
 
 
-def variant(width: int, depth: int, mlp_dim: int, heads: int, patch: int) -> str:
-    """The `model.encoder` string for given dimensions: a table name when one matches."""
-    for name, dims in config_lib.ENCODER_SIZES.items():
-        if dims == (width, depth, mlp_dim, heads):
-            return f"{name}/{patch}"
-    return f"mu/{patch},width={width},depth={depth},mlp_dim={mlp_dim},heads={heads}"
-
-
 def check_dims(cfg, source: str, *, width, depth, mlp_dim, heads, patch, image_size=None, cls_token=None,
                approximate_gelu=None, pool=None) -> list[str]:
     """Config overrides that make our model match a checkpoint's; raises if the architecture differs.
 
     Returns notes for differences that load but change the function (activation, resolution).
     """
-    size = config_lib.encoder_size(cfg.model.encoder)
+    size = sizes.encoder_size(cfg.model.encoder)
     fixes, notes = [], []
     if (size.width, size.depth, size.mlp_dim, size.heads, size.patch) != (width, depth, mlp_dim, heads, patch):
-        fixes.append(f"--config.model.encoder='{variant(width, depth, mlp_dim, heads, patch)}'")
+        fixes.append(f"--config.model.encoder='{sizes.encoder_variant(width, depth, mlp_dim, heads, patch)}'")
     if cls_token is not None and bool(cls_token) != bool(cfg.model.cls_token):
         fixes.append(f"--config.model.cls_token={bool(cls_token)}")
     if pool == "map" and cfg.model.pool != "map" and not cfg.model.cls_token:

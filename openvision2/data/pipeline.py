@@ -2,8 +2,7 @@
 
 Train element `g = step * global_batch + j` (row j of the global batch at `step`) is record
 `shuffled[g]` of a per-epoch global shuffle (grain `shuffle().repeat()`: a new O(1)-memory
-index permutation every epoch), decoded and augmented with an rng seeded by (cfg.seed, g)
-only. So the global batch at a step does not depend on how it is split across hosts or on
+index permutation every epoch), decoded and augmented with an rng seeded by (seed, g) only. So the global batch at a step does not depend on how it is split across hosts or on
 the worker count, and resuming needs nothing but the step: there is no iterator state.
 
 Each grain element is one host batch (keyed by its step), so multiprocessing workers each
@@ -22,6 +21,10 @@ exactly once per pass (some are skipped in one epoch, some are read in consecuti
 The caption is chosen by `cfg.data.caption_mode` ("field", "random_field",
 "random_sentence"; see `CaptionPicker`) with its own rng from (seed, g), independent of the
 augmentation rng. Eval always reads the first listed caption field, unaugmented.
+
+The pipeline reads its own config block (`cfg.data`) and is handed the rest of what defines a
+stream as a `Stream`: the seed, the resolution, the caption length and the `Views` (extra
+per-example fields) that the recipe being trained asks for. It knows nothing of recipes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from openvision2 import config as config_lib
 from openvision2.data import preprocess, records, shapes, tfds_source
 from openvision2.data.tokenizer import Tokenizer
 
@@ -67,10 +69,9 @@ class Augment:
     grayscale_prob: float
 
     @classmethod
-    def from_config(cls, cfg) -> Augment:
-        d = cfg.data
-        return cls(cfg.image_size, d.augment, d.area_min, d.area_max, d.color_jitter, d.color_jitter_prob,
-                   d.grayscale_prob)
+    def from_data(cls, data, image_size: int) -> Augment:
+        return cls(image_size, data.augment, data.area_min, data.area_max, data.color_jitter, data.color_jitter_prob,
+                   data.grayscale_prob)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """(augmented image, the crop of the source it shows)."""
@@ -127,9 +128,9 @@ class CaptionPicker:
             raise ValueError("CaptionPicker needs at least one caption field")
 
     @classmethod
-    def from_config(cls, cfg, *, train: bool = True) -> CaptionPicker:
-        fields = caption_fields(cfg.data.caption_field)
-        mode = cfg.data.get("caption_mode", "field")
+    def from_data(cls, data, *, train: bool = True) -> CaptionPicker:
+        fields = caption_fields(data.caption_field)
+        mode = data.caption_mode
         if not train:  # eval: always the first listed field, deterministically
             CaptionPicker(mode, fields)  # still reject an unknown mode
             return cls("field", fields[:1])
@@ -161,7 +162,7 @@ class CaptionPicker:
 
 @dataclasses.dataclass(frozen=True)
 class Views:
-    """What an example carries beyond its image and caption, by recipe (`config.batch_fields`):
+    """What an example carries beyond its image and caption; the recipe being trained says:
 
     - `text_con`, the contrastive text tower's input: the caption itself (`"same"`) or a pick of
       its own from the same record's caption fields (`"field"`, `"random_sentence"`), tokenised
@@ -177,29 +178,29 @@ class Views:
     regions: bool = False
     min_visible: float = 0.5
 
-    @classmethod
-    def from_config(cls, cfg, *, train: bool = True) -> Views:
-        fields = config_lib.batch_fields(cfg)
-        out = {}
-        if "text_con" in fields:
-            mode = cfg.data.get("contrastive_caption_mode", "field")
-            if mode != "same":
-                CaptionPicker(mode, caption_fields(cfg.data.caption_field))  # validates the mode
-            # Eval is deterministic: the contrastive text is the eval caption.
-            out.update(contrastive=mode if train else "same", contrastive_fields=caption_fields(cfg.data.caption_field),
-                       contrastive_len=fields["text_con"][0][0])
-        if "box" in fields:
-            out.update(regions=True, min_visible=float(cfg.mmgem.min_visible))
-        return cls(**out)
+    def __post_init__(self):
+        if self.contrastive not in ("", "same"):
+            try:
+                CaptionPicker(self.contrastive, self.contrastive_fields)
+            except ValueError as e:
+                raise ValueError(f"cfg.data.contrastive_caption_mode={self.contrastive!r}: {e} (or 'same')") from None
+
+    def for_eval(self) -> Views:
+        """Eval is deterministic: the contrastive text is the eval caption itself."""
+        return dataclasses.replace(self, contrastive="same") if self.contrastive else self
+
+    def fields(self, max_len: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Per-example fields of a batch, name -> (shape, dtype), besides the image."""
+        out = {"text": ((max_len,), "int32")}
+        if self.contrastive:
+            out["text_con"] = ((self.contrastive_len,), "int32")
+        if self.regions:
+            out.update(box=((4,), "float32"), region_text=((max_len,), "int32"))
+        return out
 
     def text_lengths(self, max_len: int) -> dict[str, int]:
         """Tokenised fields and their lengths, "text" included."""
-        out = {"text": max_len}
-        if self.contrastive:
-            out["text_con"] = self.contrastive_len
-        if self.regions:
-            out["region_text"] = max_len
-        return out
+        return {k: shape[0] for k, (shape, dtype) in self.fields(max_len).items() if dtype == "int32"}
 
     def extras(self, record: dict | None, caption: str, crop, rng: np.random.Generator | None) -> dict:
         """The extra fields of one example; `rng` None = deterministic (eval)."""
@@ -247,6 +248,21 @@ def _check_host_slice(global_batch: int, host_batch: int, host_offset: int) -> N
     if host_batch < 1 or host_offset < 0 or host_offset + host_batch > global_batch:
         raise ValueError(f"host slice [{host_offset}, {host_offset + host_batch}) is not inside a global batch "
                          f"of {global_batch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """What defines an example stream besides the data block: handed in by the trainer."""
+    seed: int  # train streams: element g depends on (seed, g) only; eval streams ignore it
+    image_size: int
+    max_len: int  # caption tokens, `[bos]` and `[eos]` included
+    views: Views = Views()
+
+    def batch_fields(self, batch: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every field of a train batch of `batch` rows, name -> (shape, dtype)."""
+        fields = {"image": ((self.image_size, self.image_size, 3), "uint8"), **self.views.fields(self.max_len)}
+        return {**{k: ((batch, *shape), dtype) for k, (shape, dtype) in fields.items()},
+                "bad_records": ((batch,), "int32")}
 
 
 class TrainBatch(grain.transforms.Map):
@@ -407,8 +423,8 @@ class EvalBatch(grain.transforms.Map):
                 "bad_records": np.array([bad for _, _, bad in rows], dtype=np.int32)}
 
 
-def _shapes_dir(cfg) -> str:
-    s = cfg.data.shapes
+def _shapes_dir(data) -> str:
+    s = data.shapes
     if s.dir:
         return s.dir
     # Every generation parameter is in the name, so configs that differ never fight over one dir.
@@ -443,46 +459,45 @@ def parse_sources(spec: str) -> list[tuple[str, float]]:
     return [(where, w / total) for where, w in out]
 
 
-def train_sources(cfg) -> list[tuple[str, float, list[str]]]:
-    """[(spec, normalised weight, shard paths), ...]: `cfg.data.sources` if set, else the single
-    source `cfg.data.path` (or the synthetic shapes) with weight 1."""
-    spec = cfg.data.get("sources", "")
+def train_sources(data) -> list[tuple[str, float, list[str]]]:
+    """[(spec, normalised weight, shard paths), ...]: `data.sources` if set, else the single
+    source `data.path` (or the synthetic shapes) with weight 1."""
+    spec = data.sources
     if spec:
-        if cfg.data.path:
+        if data.path:
             raise ValueError("set cfg.data.path or cfg.data.sources, not both")
         return [(where, w, records.resolve_paths(where)) for where, w in parse_sources(spec)]
-    return [(cfg.data.path or "<synthetic shapes>", 1.0, train_paths(cfg))]
+    return [(data.path or "<synthetic shapes>", 1.0, train_paths(data))]
 
 
-def train_paths(cfg) -> list[str]:
-    """Shards of the single train set (`cfg.data.path`, else the synthetic shapes); with
-    `cfg.data.sources` set, the shards of every source."""
-    if cfg.data.get("sources", ""):
-        return sorted({p for _, _, paths in train_sources(cfg) for p in paths})
-    if cfg.data.path:
-        return records.resolve_paths(cfg.data.path)
-    s = cfg.data.shapes
-    return shapes.ensure_dataset(_shapes_dir(cfg), "train", s.num_train, s.seed, s.image_size)
+def train_paths(data) -> list[str]:
+    """Shards of the single train set (`data.path`, else the synthetic shapes); with
+    `data.sources` set, the shards of every source."""
+    if data.sources:
+        return sorted({p for _, _, paths in train_sources(data) for p in paths})
+    if data.path:
+        return records.resolve_paths(data.path)
+    s = data.shapes
+    return shapes.ensure_dataset(_shapes_dir(data), "train", s.num_train, s.seed, s.image_size)
 
 
-def eval_source(cfg):
+def eval_source(data):
     """The eval set (RecordEvalSource or TfdsSource), or None when a real train set is
     configured without one."""
-    spec = cfg.data.eval_path
+    spec = data.eval_path
     if spec and tfds_source.is_tfds(spec):
-        d = cfg.data
-        return tfds_source.TfdsSource(spec, split=d.get("tfds_split", "validation"), data_dir=d.get("tfds_data_dir", ""),
-                                      image_key=d.get("tfds_image_key", "image"),
-                                      caption_key=d.get("tfds_caption_key") or caption_fields(d.caption_field)[0])
-    caption = CaptionPicker.from_config(cfg, train=False)
+        return tfds_source.TfdsSource(spec, split=data.tfds_split, data_dir=data.tfds_data_dir,
+                                      image_key=data.tfds_image_key,
+                                      caption_key=data.tfds_caption_key or caption_fields(data.caption_field)[0])
+    caption = CaptionPicker.from_data(data, train=False)
     if spec:
         return RecordEvalSource(records.resolve_paths(spec), caption)
-    if cfg.data.path or cfg.data.get("sources", ""):
+    if data.path or data.sources:
         return None
-    s = cfg.data.shapes
+    s = data.shapes
     if s.eval_seed == s.seed:
         raise ValueError("cfg.data.shapes.eval_seed must differ from cfg.data.shapes.seed so eval images are unseen")
-    return RecordEvalSource(shapes.ensure_dataset(_shapes_dir(cfg), "eval", s.num_eval, s.eval_seed, s.image_size),
+    return RecordEvalSource(shapes.ensure_dataset(_shapes_dir(data), "eval", s.num_eval, s.eval_seed, s.image_size),
                             caption)
 
 
@@ -505,63 +520,66 @@ def _iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> Iterator[dict
         it.close()
 
 
-def train_loader(cfg, tokenizer: Tokenizer, *, global_batch: int, host_batch: int, host_offset: int) -> TrainBatch:
+def train_loader(data, stream: Stream, tokenizer: Tokenizer, *, global_batch: int, host_batch: int,
+                 host_offset: int) -> TrainBatch:
     """The step -> host batch map that `train_batches` runs (also handy to inspect single rows)."""
     _check_host_slice(global_batch, host_batch, host_offset)
     return TrainBatch(
-        [(paths, w) for _, w, paths in train_sources(cfg)], seed=cfg.seed, caption=CaptionPicker.from_config(cfg),
-        augment=Augment.from_config(cfg), tokenizer=tokenizer, max_len=cfg.text.max_len, global_batch=global_batch,
-        host_batch=host_batch, host_offset=host_offset, views=Views.from_config(cfg))
+        [(paths, w) for _, w, paths in train_sources(data)], seed=stream.seed, caption=CaptionPicker.from_data(data),
+        augment=Augment.from_data(data, stream.image_size), tokenizer=tokenizer, max_len=stream.max_len,
+        global_batch=global_batch, host_batch=host_batch, host_offset=host_offset, views=stream.views)
 
 
-def train_batches(cfg, tokenizer: Tokenizer, *, start_step: int, global_batch: int, host_batch: int,
+def train_batches(data, stream: Stream, tokenizer: Tokenizer, *, start_step: int, global_batch: int, host_batch: int,
                   host_offset: int) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of host batches for steps start_step, start_step + 1, ...
 
-    Each batch: "image" uint8 [host_batch, S, S, 3], "text" int32 [host_batch, max_len],
-    "bad_records" int32 [host_batch] (bad records skipped to fill each row).
+    Each batch: "image" uint8 [host_batch, S, S, 3], "text" int32 [host_batch, max_len], the
+    views' fields, and "bad_records" int32 [host_batch] (bad records skipped to fill each row).
     """
-    loader = train_loader(cfg, tokenizer, global_batch=global_batch, host_batch=host_batch, host_offset=host_offset)
+    loader = train_loader(data, stream, tokenizer, global_batch=global_batch, host_batch=host_batch,
+                          host_offset=host_offset)
     steps = grain.MapDataset.range(start_step, sys.maxsize).map(loader)
-    return _iterate(steps, cfg.data.workers, cfg.data.prefetch)
+    return _iterate(steps, data.workers, data.prefetch)
 
 
-def num_eval_examples(cfg, source) -> int:
+def num_eval_examples(data, source) -> int:
     available = len(source)
-    return min(cfg.data.num_eval, available) if cfg.data.num_eval > 0 else available
+    return min(data.num_eval, available) if data.num_eval > 0 else available
 
 
-def eval_batches(cfg, tokenizer: Tokenizer, *, global_batch: int, host_batch: int, host_offset: int
+def eval_batches(data, stream: Stream, tokenizer: Tokenizer, *, global_batch: int, host_batch: int, host_offset: int
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Finite iterator over the eval set in order (empty if there is none).
 
-    Each batch has "image", "text", "bad_records" as in training plus "valid" bool
-    [host_batch]: False for the copies padding the last global batch and for bad records.
+    Each batch has "image", "text", "bad_records" and the views' fields as in training plus
+    "valid" bool [host_batch]: False for the copies padding the last global batch and for bad
+    records. The views are the eval ones (`Views.for_eval`).
     """
     _check_host_slice(global_batch, host_batch, host_offset)
-    source = eval_source(cfg)
+    source = eval_source(data)
     if source is None:
         return iter(())
-    num = num_eval_examples(cfg, source)
+    num = num_eval_examples(data, source)
     if num == 0:
         return iter(())
     loader = EvalBatch(
-        source, num_examples=num, image_size=cfg.image_size,
-        tokenizer=tokenizer, max_len=cfg.text.max_len, global_batch=global_batch, host_batch=host_batch,
-        host_offset=host_offset, views=Views.from_config(cfg, train=False))
+        source, num_examples=num, image_size=stream.image_size,
+        tokenizer=tokenizer, max_len=stream.max_len, global_batch=global_batch, host_batch=host_batch,
+        host_offset=host_offset, views=stream.views.for_eval())
     batches = grain.MapDataset.range(math.ceil(num / global_batch)).map(loader)
-    return _iterate(batches, cfg.data.workers, cfg.data.prefetch)
+    return _iterate(batches, data.workers, data.prefetch)
 
 
-def describe_sources(cfg) -> dict:
+def describe_sources(data) -> dict:
     """Where the data comes from, for the run log."""
-    sources = train_sources(cfg)
+    sources = train_sources(data)
     counts = [len(grain.sources.ArrayRecordDataSource(paths)) for _, _, paths in sources]
     train = sorted({p for _, _, paths in sources for p in paths})
     info = {
-        "synthetic_shapes": not (cfg.data.path or cfg.data.get("sources", "")),
-        "caption_field": cfg.data.caption_field,
-        "caption_mode": cfg.data.get("caption_mode", "field"),
+        "synthetic_shapes": not (data.path or data.sources),
+        "caption_field": data.caption_field,
+        "caption_mode": data.caption_mode,
         "train": {
             "paths": train,
             "num_records": sum(counts),
@@ -571,9 +589,9 @@ def describe_sources(cfg) -> dict:
         },
         "eval": None,
     }
-    evals = eval_source(cfg)
+    evals = eval_source(data)
     if evals is not None:
         info["eval"] = {"source": evals.describe(), "paths": getattr(evals, "paths", []), "num_records": len(evals),
-                        "num_used": num_eval_examples(cfg, evals),
-                        "caption_field": caption_fields(cfg.data.caption_field)[0]}
+                        "num_used": num_eval_examples(data, evals),
+                        "caption_field": caption_fields(data.caption_field)[0]}
     return info

@@ -7,7 +7,7 @@ Two families share one `Tokenizer` class:
   `[unused0]`=1 is the beginning-of-caption token and `[unused1]`=2 the end.
 - An LLM's own tokenizer, so a decoder initialised from that LLM keeps its vocabulary:
   `hf:<tokenizer.json or its directory>` or `gguf:<model.gguf>` (rebuilt from the file by
-  `openvision2.convert.gguf`). bos/eos are the model's; see `llm_special_ids` for pad.
+  `openvision2.data.gguf_file`). bos/eos are the model's; see `llm_special_ids` for pad.
 
 Control tokens are never produced from caption text: a caption that literally contains
 "[PAD]" or "<|im_end|>" is tokenised as text instead of injecting control ids.
@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from openvision2.data import gguf_file
 
 BERT_VOCAB_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "bert_base_uncased_vocab.txt")
 BERT_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
@@ -233,8 +235,7 @@ def load_hf_tokenizer(path: str, name: str | None = None) -> Tokenizer:
 
 def load_gguf_tokenizer(path: str, name: str | None = None) -> Tokenizer:
     """The vocabulary inside a GGUF file (metadata only; the weights are not read)."""
-    from openvision2.convert import gguf  # Local import: the gguf package is an optional extra.
-    tokenizer_json, ids = gguf.load_tokenizer(path)
+    tokenizer_json, ids = gguf_file.load_tokenizer(path)
     return _llm_tokenizer(name or f"gguf:{path}", tokenizer_json, **ids)
 
 

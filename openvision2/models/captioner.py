@@ -8,14 +8,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from openvision2.models.decoder import Decoder, Projector
+from openvision2.models.decoder import Decoder, PrefixCaptioning, Projector
 from openvision2.models.text_encoder import ContrastiveHead, TextEncoder
 from openvision2.models.vit import ViT
 
 Dtype = Any
 
 
-class Captioner(nn.Module):
+class Captioner(PrefixCaptioning, nn.Module):
     encoder: ViT
     decoder: Decoder
     projector: Projector
@@ -44,8 +44,10 @@ class Captioner(nn.Module):
         logits, _ = self.decoder(x, jnp.concatenate([prefix_pos, text_pos], axis=1))
         return logits[:, prefix.shape[1]:]
 
-    def caption_prefix(self, images_uint8):
+    def caption_prefix(self, images_uint8, boxes=None):
         """What greedy captioning starts from: (prefix embeddings, their positions), unmasked."""
+        if boxes is not None:
+            raise ValueError("this captioner reads whole images; it has no region prefix")
         return self.visual_prefix(self.encode(images_uint8)["prenorm"])
 
     def __call__(self, images_uint8, text_in, keep_idx=None):
@@ -98,5 +100,3 @@ class TwoTower(_TowerEmbeddings, nn.Module):
 
     def initialise(self, batch):
         return self(batch["image"], batch["text_con"])
-
-

@@ -12,7 +12,8 @@
   padding mask: causal attention already keeps the padding out, and the
   position only ever predicts padding, which carries no loss.)
 
-Generation runs both halves with KV caches, one token at a time.
+Generation runs both halves with KV caches, one token at a time (`prefill`, `decode_step`:
+the interface every captioning model offers `models.generate`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from openvision2.config import DecoderSize
+from openvision2.sizes import DecoderSize
 from openvision2.models import layers
 from openvision2.models.decoder import block_stack, pad_cache, run_stack
 from openvision2.models.text_encoder import ContrastiveHead, eos_positions, put_at, take_at
@@ -47,13 +48,8 @@ class AttentionalPooler(nn.Module):
                                                                     (None, "embed")),
                              (self.num_queries, width), self.param_dtype)
         y = layers.layer_norm(name="ln_context", **kw)(tokens)
-        q = layers.dense(width, ("embed", "heads"), use_bias=True, name="q", **kw)(
-            jnp.broadcast_to(queries.astype(self.dtype), (b, self.num_queries, width)))
-        k = layers.dense(width, ("embed", "heads"), use_bias=True, name="k", **kw)(y)
-        v = layers.dense(width, ("embed", "heads"), use_bias=True, name="v", **kw)(y)
-        split = lambda t: t.reshape(*t.shape[:2], self.heads, width // self.heads)
-        out = layers.attention(split(q), split(k), split(v), causal=False, implementation=None)
-        out = layers.dense(width, ("heads", "embed"), use_bias=True, name="o", **kw)(out.reshape(b, -1, width))
+        queries = jnp.broadcast_to(queries.astype(self.dtype), (b, self.num_queries, width))
+        out = layers.multihead_attention(queries, y, width=width, heads=self.heads, use_bias=True, **kw)
         return layers.layer_norm(name="ln_out", **kw)(out)
 
 
@@ -133,8 +129,10 @@ class CoCa(nn.Module):
     def initialise(self, batch):
         return self(batch["image"], batch["text"])
 
-    def prefill(self, images_uint8, bos_ids, max_new_tokens: int):
+    def prefill(self, images_uint8, bos_ids, max_new_tokens: int, boxes=None):
         """Generation start: (logits after `[bos]`, caches + context, text position of `[bos]`)."""
+        if boxes is not None:
+            raise ValueError("CoCa captions whole images; it has no region prefix")
         total = 1 + max_new_tokens
         context = self.image_context(self.encode(images_uint8)["tokens"])
         x = self.embed(bos_ids[:, None]).astype(self.dtype)
@@ -150,14 +148,3 @@ class CoCa(nn.Module):
         h, multi = run_stack(self.multimodal, h, position[:, None], multi, cache_index, context=context)
         return self._logits(h)[:, 0], (uni, multi, context)
 
-
-def build(cfg, mode: str = "train") -> CoCa:
-    from openvision2 import config as config_lib, models
-    from openvision2.data.tokenizer import get_tokenizer
-    m, size = cfg.model, config_lib.decoder_size(cfg.model.decoder)
-    return CoCa(models.build_vit(cfg), size, vocab_size=m.vocab_size, eos_id=get_tokenizer(cfg.text.vocab).eos_id,
-                unimodal_layers=int(cfg.coca.unimodal_layers or size.depth // 2),
-                caption_queries=int(cfg.coca.caption_queries), embed_dim=models.embed_dim(cfg),
-                init_scale=1.0 / models.init_temperature(cfg), kv_heads=m.kv_heads, rope_theta=m.rope_theta,
-                mode=mode, scan=m.scan_layers, remat_policy=m.remat_policy,
-                attention_impl=models.attention_impl(cfg), **models.dtypes(cfg))

@@ -22,8 +22,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
-from openvision2.config import DecoderSize
+from openvision2.sizes import DecoderSize
 from openvision2.models import layers
 
 Dtype = Any
@@ -45,12 +46,11 @@ class DecoderBlock(nn.Module):
         head_dim = s.width // s.heads
         b, t, _ = x.shape
         y = layers.RMSNorm(name="ln1", **kw)(x)
-        q = layers.dense(s.heads * head_dim, ("embed", "heads"), use_bias=False, name="q", **kw)(y)
-        k = layers.dense(self.kv_heads * head_dim, ("embed", "kv"), use_bias=False, name="k", **kw)(y)
-        v = layers.dense(self.kv_heads * head_dim, ("embed", "kv"), use_bias=False, name="v", **kw)(y)
-        q = layers.rope(q.reshape(b, t, s.heads, head_dim), positions, self.rope_theta)
-        k = layers.rope(k.reshape(b, t, self.kv_heads, head_dim), positions, self.rope_theta)
-        v = v.reshape(b, t, self.kv_heads, head_dim)
+        q = layers.project_heads(y, s.heads, head_dim, ("embed", "heads"), use_bias=False, name="q", **kw)
+        k = layers.project_heads(y, self.kv_heads, head_dim, ("embed", "kv"), use_bias=False, name="k", **kw)
+        v = layers.project_heads(y, self.kv_heads, head_dim, ("embed", "kv"), use_bias=False, name="v", **kw)
+        q = layers.rope(q, positions, self.rope_theta)
+        k = layers.rope(k, positions, self.rope_theta)
         if self.mode == "decode":
             ck, cv = cache
             ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
@@ -62,17 +62,13 @@ class DecoderBlock(nn.Module):
         else:
             y = layers.attention(q, k, v, causal=True, implementation=self.attention_impl)
             new_cache = (k, v) if self.mode == "prefill" else None
-        y = layers.dense(s.width, ("heads", "embed"), use_bias=False, name="o", **kw)(y.reshape(b, t, -1))
+        y = layers.merge_heads(checkpoint_name(y, "attn_out"), s.width, use_bias=False, name="o", **kw)
         x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
         if self.cross:
             # No positions on either side: the context is a set (pooled image queries).
             y = layers.RMSNorm(name="ln_cross", **kw)(x)
-            q = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_q", **kw)(y)
-            k = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_k", **kw)(context)
-            v = layers.dense(s.width, ("embed", "heads"), use_bias=False, name="cross_v", **kw)(context)
-            split = lambda z: z.reshape(*z.shape[:2], s.heads, head_dim)
-            y = layers.attention(split(q), split(k), split(v), causal=False, implementation=None)
-            y = layers.dense(s.width, ("heads", "embed"), use_bias=False, name="cross_o", **kw)(y.reshape(b, t, -1))
+            y = layers.multihead_attention(y, context, width=s.width, heads=s.heads, use_bias=False,
+                                           names=("cross_q", "cross_k", "cross_v", "cross_o"), **kw)
             x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
         y = layers.RMSNorm(name="ln2", **kw)(x)
         gate = layers.dense(s.mlp_dim, ("embed", "mlp"), use_bias=False, name="gate", **kw)(y)
@@ -189,3 +185,28 @@ def pad_cache(cache, total: int):
         return jnp.pad(c, widths)
 
     return jax.tree.map(pad, cache)
+
+
+class PrefixCaptioning:
+    """Greedy captioning for a model whose one decoder (`self.decoder`) reads a visual prefix and
+    then the caption: `caption_prefix(images, boxes)` gives the prefix and its positions.
+
+    Every captioning model offers the same two methods, which `models.generate` drives:
+    - `prefill(images, bos_ids, max_new_tokens, boxes=None)` -> (logits after `[bos]`, decoding
+      state with room for `max_new_tokens`, the text position of `[bos]`);
+    - `decode_step(token, position, state, cache_index)` -> (logits of the next token, state).
+    The prefix is `[visual tokens (all of them: no masking at inference) ; bos]`, run once.
+    """
+
+    def prefill(self, images_uint8, bos_ids, max_new_tokens: int, boxes=None):
+        prefix, pos = self.caption_prefix(images_uint8, boxes)
+        n = prefix.shape[1]
+        x = jnp.concatenate([prefix.astype(self.decoder.dtype), self.decoder.embed_tokens(bos_ids[:, None])], axis=1)
+        pos = jnp.concatenate([pos, jnp.full((x.shape[0], 1), n, jnp.int32)], axis=1)
+        logits, cache = self.decoder(x, pos)
+        return logits[:, -1], pad_cache(cache, n + 1 + max_new_tokens), n
+
+    def decode_step(self, token, position, cache, cache_index):
+        x = self.decoder.embed_tokens(token[:, None])
+        logits, cache = self.decoder(x, position[:, None], cache, cache_index)
+        return logits[:, 0], cache

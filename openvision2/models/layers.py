@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -23,6 +24,8 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keeps the projected q/k/v and the attention output (tagged in `project_heads` and
+    # `multihead_attention` / the decoder block) and recomputes the rest.
     "save_qkv_out": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out"),
 }
 
@@ -112,3 +115,34 @@ def attention(q, k, v, *, causal: bool, implementation: str | None, mask=None):
     if implementation == "xla":
         implementation = None  # let JAX pick XLA's lowering on every backend
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask, implementation=implementation)
+
+
+def project_heads(x, heads: int, head_dim: int, axes: tuple[str | None, str | None], *, use_bias: bool, name: str,
+                  dtype, param_dtype):
+    """A Dense projection split into heads: [B, T, D] -> [B, T, heads, head_dim].
+
+    Called from inside a compact module, the Dense is that module's submodule `name`, so
+    parameter paths stay `<module>/<name>/kernel` whichever layer uses it.
+    """
+    y = dense(heads * head_dim, axes, use_bias=use_bias, name=name, dtype=dtype, param_dtype=param_dtype)(x)
+    return checkpoint_name(y.reshape(*y.shape[:-1], heads, head_dim), "qkv")
+
+
+def merge_heads(y, width: int, *, use_bias: bool, name: str, dtype, param_dtype):
+    """The output projection `name` of attention heads: [B, T, H, hd] -> [B, T, width]."""
+    return dense(width, ("heads", "embed"), use_bias=use_bias, name=name, dtype=dtype,
+                 param_dtype=param_dtype)(y.reshape(*y.shape[:-2], -1))
+
+
+def multihead_attention(queries, context, *, width: int, heads: int, use_bias: bool, dtype, param_dtype,
+                        causal: bool = False, implementation: str | None = None, names=("q", "k", "v", "o")):
+    """Attention of `queries` [B, T, D] over `context` [B, S, D] with its own q/k/v/o projections
+    (`names`), all `width` wide: self-attention when both are the same tokens, cross-attention
+    (poolers, CoCa's multimodal layers) otherwise. No positions are added here."""
+    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype)
+    head_dim = width // heads
+    q = project_heads(queries, heads, head_dim, ("embed", "heads"), name=names[0], **kw)
+    k = project_heads(context, heads, head_dim, ("embed", "heads"), name=names[1], **kw)
+    v = project_heads(context, heads, head_dim, ("embed", "heads"), name=names[2], **kw)
+    y = checkpoint_name(attention(q, k, v, causal=causal, implementation=implementation), "attn_out")
+    return merge_heads(y, width, name=names[3], **kw)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from openvision2.models import layers
-from openvision2.models.decoder import Decoder
+from openvision2.models.decoder import Decoder, PrefixCaptioning
 from openvision2.models.text_encoder import eos_positions, put_at, take_at
 from openvision2.models.vit import ViT
 
@@ -81,7 +81,7 @@ def _identity_init(key, shape, dtype=jnp.float32):
     return jnp.eye(*shape, dtype=dtype)
 
 
-class MMGEM(nn.Module):
+class MMGEM(PrefixCaptioning, nn.Module):
     encoder: ViT
     decoder: Decoder
     embed_dim: int
@@ -171,12 +171,3 @@ class MMGEM(nn.Module):
     def initialise(self, batch):
         return self(batch["image"], batch["text"])
 
-
-def build(cfg, mode: str = "train") -> MMGEM:
-    from openvision2 import models
-    from openvision2.data.tokenizer import get_tokenizer
-    g = cfg.mmgem
-    return MMGEM(models.build_vit(cfg), models.build_decoder(cfg, mode), embed_dim=models.embed_dim(cfg),
-                 eos_id=get_tokenizer(cfg.text.vocab).eos_id, pool_grid=int(g.pool_grid), roi_grid=int(g.roi_grid),
-                 init_scale=1.0 / models.init_temperature(cfg), regions=bool(g.region_task),
-                 soft_prompts=int(g.soft_prompts), **models.dtypes(cfg))

@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from openvision2.config import EncoderSize
+from openvision2.sizes import EncoderSize
 from openvision2.models import layers
 from openvision2.models.vit import encoder_stack
 
@@ -98,6 +98,3 @@ class ContrastiveHead(nn.Module):
 
     def scale_and_bias(self):
         return self.log_scale, (self.bias if self.init_bias is not None else None)
-
-    def __call__(self, image_pooled, text_pooled):
-        return self.image(image_pooled), self.text(text_pooled), *self.scale_and_bias()

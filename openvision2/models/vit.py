@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from openvision2.config import EncoderSize
+from openvision2.sizes import EncoderSize
 from openvision2.models import layers
 
 Dtype = Any
@@ -53,14 +53,9 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, _):
         s, kw = self.size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        head_dim = s.width // s.heads
         y = layers.layer_norm(name="ln1", **kw)(x)
-        q, k, v = (layers.dense(s.width, ("embed", "heads"), use_bias=True, name=n, **kw)(y)
-                   for n in ("q", "k", "v"))
-        split = lambda t: t.reshape(*t.shape[:2], s.heads, head_dim)
-        y = layers.attention(split(q), split(k), split(v), causal=self.causal, implementation=self.attention_impl)
-        y = y.reshape(*x.shape[:2], s.width)
-        y = layers.dense(s.width, ("heads", "embed"), use_bias=True, name="o", **kw)(y)
+        y = layers.multihead_attention(y, y, width=s.width, heads=s.heads, use_bias=True, causal=self.causal,
+                                       implementation=self.attention_impl, **kw)
         x = layers.constrain(x + y, ("act_batch", "act_len", "act_embed"))
         y = layers.layer_norm(name="ln2", **kw)(x)
         y = layers.dense(s.mlp_dim, ("embed", "mlp"), use_bias=True, name="fc1", **kw)(y)
@@ -95,17 +90,11 @@ class MAPHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         s, kw = self.size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        head_dim = s.width // s.heads
         probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                                  (None, None, "embed")),
                            (1, 1, s.width), self.param_dtype)
         probe = jnp.broadcast_to(probe.astype(self.dtype), (x.shape[0], 1, s.width))
-        q = layers.dense(s.width, ("embed", "heads"), use_bias=True, name="q", **kw)(probe)
-        k = layers.dense(s.width, ("embed", "heads"), use_bias=True, name="k", **kw)(x)
-        v = layers.dense(s.width, ("embed", "heads"), use_bias=True, name="v", **kw)(x)
-        split = lambda t: t.reshape(*t.shape[:2], s.heads, head_dim)
-        y = layers.attention(split(q), split(k), split(v), causal=False, implementation=None)
-        y = layers.dense(s.width, ("heads", "embed"), use_bias=True, name="o", **kw)(y.reshape(-1, 1, s.width))
+        y = layers.multihead_attention(probe, x, width=s.width, heads=s.heads, use_bias=True, **kw)
         z = layers.layer_norm(name="ln", **kw)(y)
         z = layers.dense(s.mlp_dim, ("embed", "mlp"), use_bias=True, name="fc1", **kw)(z)
         z = layers.dense(s.width, ("mlp", "embed"), use_bias=True, name="fc2", **kw)(

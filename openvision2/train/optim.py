@@ -32,7 +32,7 @@ def lr_schedule(cfg):
     peak = peak_lr(cfg)
     warmup = int(cfg.optim.warmup_steps)
     total = int(cfg.total_steps)
-    end = peak * float(cfg.optim.get("end_lr_frac", 0.0))
+    end = peak * float(cfg.optim.end_lr_frac)
     if warmup >= total:
         raise ValueError(f"optim.warmup_steps={warmup} must be smaller than total_steps={total}.")
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=end)
@@ -68,9 +68,9 @@ def parse_lr_mults(spec: str) -> list[tuple[re.Pattern, float]]:
 def param_labels(cfg, params):
     """Per-parameter label: "frozen" or "lr*<multiplier>"."""
     o = cfg.optim
-    trainable = re.compile(o.trainable) if o.get("trainable") else None
-    frozen = re.compile(o.frozen) if o.get("frozen") else None
-    mults = parse_lr_mults(o.get("lr_mults", ""))
+    trainable = re.compile(o.trainable) if o.trainable else None
+    frozen = re.compile(o.frozen) if o.frozen else None
+    mults = parse_lr_mults(o.lr_mults)
 
     def label(path, _):
         name = param_path(path)
@@ -87,10 +87,10 @@ def make_optimizer(cfg, params=None) -> optax.GradientTransformation:
     """The optimizer for `cfg`; `params` (or their shapes) are needed only to
     resolve trainable/frozen/lr_mults rules, and to check they match something."""
     o = cfg.optim
-    mu_dtype = jnp.dtype(o.mu_dtype) if o.get("mu_dtype") else None
-    clip = [optax.clip_by_global_norm(o.grad_clip)] if o.get("grad_clip", 0.0) > 0 else []
+    mu_dtype = jnp.dtype(o.mu_dtype) if o.mu_dtype else None
+    clip = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
 
-    kind = o.get("name", "adam")
+    kind = o.name
     if kind not in ("adam", "lamb"):
         raise ValueError(f"optim.name={kind!r}: choose adam (decoupled weight decay, AdamW) or lamb.")
     # LAMB is the same update rescaled per parameter by ||param|| / ||update|| (layer-wise trust ratio).
@@ -103,7 +103,7 @@ def make_optimizer(cfg, params=None) -> optax.GradientTransformation:
             optax.add_decayed_weights(o.weight_decay, mask=decay_mask), *trust,
             optax.scale_by_learning_rate(schedule if mult == 1.0 else lambda count: mult * schedule(count)))
 
-    if not (o.get("trainable") or o.get("frozen") or o.get("lr_mults")):
+    if not (o.trainable or o.frozen or o.lr_mults):
         return optax.chain(*clip, adam())
     if params is None:
         raise ValueError("optim.trainable/frozen/lr_mults need the parameter tree to resolve.")
@@ -119,11 +119,3 @@ def make_optimizer(cfg, params=None) -> optax.GradientTransformation:
     return optax.chain(optax.masked(optax.set_to_zero(), frozen_mask), *clip,
                        optax.multi_transform(transforms, labels))
 
-
-def describe_labels(cfg, params) -> dict[str, int]:
-    """Parameter count per optimizer label, for the start-up log."""
-    labels = param_labels(cfg, params)
-    counts: dict[str, int] = {}
-    for lab, x in zip(jax.tree.leaves(labels), jax.tree.leaves(params)):
-        counts[lab] = counts.get(lab, 0) + int(x.size)
-    return counts

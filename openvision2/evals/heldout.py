@@ -1,10 +1,10 @@
-"""Held-out evaluation: what each recipe trains, measured on the same eval set.
+"""Held-out evaluation: what the recipe trains, measured on the run's eval set.
 
-- Captioning objectives: teacher-forced loss and token accuracy, and greedy captions
-  (no token masking: the decoder sees every visual token, as at inference). Exact match
-  compares the whole greedy caption (up to and including `[eos]`) with the reference
-  tokens, computed on device so it works across hosts.
-- Embedding objectives: image->text and text->image retrieval among the eval pairs with
+- Recipes that caption: teacher-forced loss and token accuracy, and greedy captions (no
+  token masking: the decoder sees every visual token, as at inference). Exact match compares
+  the whole greedy caption (up to and including `[eos]`) with the reference tokens, computed
+  on device so it works across hosts.
+- Recipes that embed: image->text and text->image retrieval among the eval pairs with
   distinct captions (the first pair of each caption is kept), top-1 and top-5.
 - Region stages (MM-GEM): region caption exact match, and region->caption retrieval
   against the distinct region captions.
@@ -20,30 +20,31 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from openvision2 import generate, parallel, step as step_lib
+from openvision2 import parallel
 from openvision2.data import pipeline
+from openvision2.models import generate
 
 
 class Evaluator:
+    """Built once per stage (its resolution and views); `run(params)` evaluates a state."""
 
-    def __init__(self, cfg, model, objective, tokenizer, mesh):
-        self.cfg, self.tokenizer, self.mesh, self.objective = cfg, tokenizer, mesh, objective
-        self.global_batch = int(cfg.get("eval_batch_size") or cfg.batch_size)
+    def __init__(self, cfg, recipe, model, objective, tokenizer, ids, mesh):
+        self.cfg, self.tokenizer, self.mesh = cfg, tokenizer, mesh
+        self.captions, self.embeds, self.regions = recipe.captions, recipe.embeds, recipe.has_regions(cfg)
+        self.stream = recipe.stream(cfg)
+        self.global_batch = int(cfg.eval_batch_size or cfg.batch_size)
         self.offset, self.host_batch = parallel.host_batch_slice(mesh, self.global_batch)
-        self.max_new = cfg.text.max_len - 1
-        self.regions = bool(getattr(objective, "regions", False))
-        if objective.captions:
-            self.eval_sums = jax.jit(step_lib.make_eval_step(model, objective))
-            self.greedy = generate.make_greedy_fn(cfg, self.max_new, tokenizer.bos_id, tokenizer.eos_id,
-                                                  tokenizer.pad_id)
-        if objective.embeds:
+        if self.captions:
+            self.eval_sums = jax.jit(lambda p, b: objective.eval_sums(model, p, b))
+            self.greedy = recipe.greedy_fn(cfg, ids)
+        if self.embeds:
             self.embed = jax.jit(lambda p, b: objective.embed(model, p, b))
         if self.regions:
             self.region_embed = jax.jit(lambda p, b: objective.embed(model, p, b, region=True))
         self.match = jax.jit(_exact_match)
 
     def batches(self):
-        return pipeline.eval_batches(self.cfg, self.tokenizer, global_batch=self.global_batch,
+        return pipeline.eval_batches(self.cfg.data, self.stream, self.tokenizer, global_batch=self.global_batch,
                                      host_batch=self.host_batch, host_offset=self.offset)
 
     def run(self, params) -> dict:
@@ -57,7 +58,7 @@ class Evaluator:
             valid = _host(batch["valid"])
             totals["examples"] += float(valid.sum())
             gathered["valid"].append(valid)
-            if self.objective.captions:
+            if self.captions:
                 sums = jax.device_get(self.eval_sums(params, batch))
                 for k in ("loss_sum", "correct", "count"):
                     totals[k] += float(sums[k])
@@ -67,7 +68,7 @@ class Evaluator:
                     local = jax.device_get(tokens.addressable_shards[0].data)[0]
                     example = (self.tokenizer.decode(generate.strip(local, self.tokenizer.eos_id)),
                                self.tokenizer.decode(host["text"][0].tolist()))
-            if self.objective.embeds:
+            if self.embeds:
                 img, txt = self.embed(params, batch)
                 gathered["image"].append(_host(img))
                 gathered["text"].append(_host(txt))
@@ -83,13 +84,13 @@ class Evaluator:
         if totals["examples"] == 0:
             return {}
         out = {"eval/num_examples": totals["examples"]}
-        if self.objective.captions:
+        if self.captions:
             out.update({"eval/loss": totals["loss_sum"] / max(totals["count"], 1.0),
                         "eval/token_accuracy": totals["correct"] / max(totals["count"], 1.0),
                         "eval/caption_exact_match": totals["exact"] / totals["examples"]})
         cat = lambda k: np.concatenate(gathered[k])
         valid = cat("valid")
-        if self.objective.embeds:
+        if self.embeds:
             out.update({f"eval/{k}": v for k, v in pair_retrieval(cat("image")[valid], cat("text")[valid],
                                                                    cat("tokens")[valid]).items()})
         if self.regions:

@@ -1,7 +1,7 @@
-"""The train state and the pure train / eval step functions.
+"""The train state and the pure, jitted train step of one stage.
 
-The state is a plain dict `{"step", "params", "opt_state"}`. Steps are pure
-functions of (state, batch); the trainer jits them with explicit shardings.
+The state is a plain dict `{"step", "params", "opt_state"}`. The step is a pure function of
+(state, batch); `Training` jits it with explicit shardings for one mesh.
 """
 
 from __future__ import annotations
@@ -11,29 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from openvision2 import checkpoint, config as config_lib, parallel, stages
-from openvision2.models import build_model
-from openvision2.objectives import get_objective
-from openvision2.optim import lr_schedule, make_optimizer
-
-
-def batch_spec(cfg, batch_size: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
-    """name -> (shape, dtype) of every array in a train batch of `batch_size` rows."""
-    fields = {k: ((batch_size, *shape), jnp.dtype(dtype)) for k, (shape, dtype) in config_lib.batch_fields(cfg).items()}
-    return {**fields, "bad_records": ((batch_size,), jnp.dtype(jnp.int32))}
-
-
-def init_params(model, cfg, rng):
-    """Initial parameters (boxed with logical axis metadata): the model's `initialise` on a
-    one-row batch of zeros touches every parameter it has."""
-    batch = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in batch_spec(cfg, 1).items()}
-    return model.init(rng, batch, method="initialise")["params"]
-
-
-def init_state(model, tx, cfg, rng):
-    """Initial train state (boxed with logical axis metadata)."""
-    params = init_params(model, cfg, rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+from openvision2 import parallel
+from openvision2.train import carry, checkpoint
+from openvision2.train.optim import lr_schedule, make_optimizer
 
 
 def split_microbatches(batch, num: int):
@@ -89,42 +69,38 @@ def make_train_step(model, objective, tx, schedule, grad_accum_steps: int = 1, s
     return train_step
 
 
-def make_eval_step(model, objective):
-    """Teacher-forced caption sums (no token masking) over the valid rows."""
-    return lambda params, batch: objective.eval_sums(model, params, batch)
-
-
 class Training:
-    """Model, objective, optimizer, sharded state and jitted step for one mesh
-    (and one curriculum stage, which starts at global step `step_offset`).
+    """The recipe's model and objective, the optimizer, the sharded state and the jitted step
+    for one mesh and one curriculum stage (which starts at global step `step_offset`).
 
     Build inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`.
     """
 
-    def __init__(self, cfg, mesh, rules, step_offset: int = 0):
-        self.model = build_model(cfg)
-        self.objective = get_objective(cfg)
-        boxed_params = jax.eval_shape(lambda: init_params(self.model, cfg, jax.random.key(0)))
-        self.tx = make_optimizer(cfg, boxed_params)
+    def __init__(self, cfg, recipe, ids, mesh, rules, step_offset: int = 0):
+        self.cfg, self.recipe = cfg, recipe
+        self.model = recipe.build_model(cfg, ids)
+        self.objective = recipe.objective(cfg, ids)
+        self.tx = make_optimizer(cfg, recipe.abstract_params(cfg, ids))
         self.schedule = lr_schedule(cfg)
-        init_fn = lambda rng: init_state(self.model, self.tx, cfg, rng)
+        init_fn = lambda rng: self._fresh(recipe.init_params(self.model, cfg, rng))
         boxed = jax.eval_shape(lambda: init_fn(jax.random.key(0)))
         self.state_shardings = parallel.state_shardings(boxed, mesh, rules)
         self.abstract_state = checkpoint.abstract_like(boxed, self.state_shardings)
         # Created directly sharded: nothing is materialised on one host first.
         self.init = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=self.state_shardings)
-
-        def continue_from(params, step, rng):
-            """A fresh optimizer around carried-over params (a stage boundary); parameters the
-            new stage adds (e.g. a new head) start from their initialisers."""
-            fresh = nn.unbox(init_params(self.model, cfg, rng))
-            params = stages.adapt_params(params, fresh)
-            return {"step": step, "params": params, "opt_state": self.tx.init(params)}
-
-        self.continue_from = jax.jit(continue_from, out_shardings=self.state_shardings)
+        self.carry = jax.jit(self._carry, out_shardings=self.state_shardings)
         self.train_step = jax.jit(
-            make_train_step(self.model, self.objective, self.tx, self.schedule, int(cfg.grad_accum_steps),
-                            step_offset),
+            make_train_step(self.model, self.objective, self.tx, self.schedule, int(cfg.grad_accum_steps), step_offset),
             in_shardings=(self.state_shardings, parallel.batch_sharding(mesh)),
             out_shardings=(self.state_shardings, parallel.replicated(mesh)),
             donate_argnums=(0,))
+
+    def _fresh(self, params, step=None):
+        return {"step": jnp.zeros((), jnp.int32) if step is None else step, "params": params,
+                "opt_state": self.tx.init(params)}
+
+    def _carry(self, params, step, rng):
+        """The state at a stage boundary: the previous stage's params fitted to this stage's model
+        (parameters it adds, e.g. a new head, start from their initialisers) and a fresh optimizer."""
+        fresh = nn.unbox(self.recipe.init_params(self.model, self.cfg, rng))
+        return self._fresh(carry.adapt_params(params, fresh), step)

@@ -1,15 +1,16 @@
-"""Contrastive image-text losses (CLIP softmax, SigLIP sigmoid).
+"""The loss pieces recipes are made of: captioning cross-entropy, and the contrastive
+image-text losses (CLIP softmax, SigLIP sigmoid) with their learnable temperature.
 
-The building blocks of the contrastive recipes (OpenVision v1 / CLIPS, CLIP,
-SigLIP, CoCa, MM-GEM). Embeddings are L2-normalised here; `log_scale` is the
-learnable log-temperature (logits = exp(log_scale) * cos) and `bias` the
-SigLIP logit bias.
+Captioning CE is a token-weighted mean over real target tokens (`[eos]` included, padding
+excluded); the sum and the count are returned, so gradient accumulation and multi-device
+means stay exact: divide once, after summing.
 
-`siglip_loss_chunked` computes the sigmoid loss over a batch sharded along
-the mesh's batch axes without ever materialising the global [B, B] logits:
-each device scores its images against one chunk of texts at a time and
-passes the text chunk round a ring (`ppermute`), so per-device memory is
-[b, b] (b = local batch) however many devices there are.
+Embeddings are L2-normalised here; `log_scale` is the learnable log-temperature (logits =
+exp(log_scale) * cos) and `bias` the SigLIP logit bias. `siglip_loss_chunked` computes the
+sigmoid loss over a batch sharded along the mesh's batch axes without ever materialising
+the global [B, B] logits: each device scores its images against one chunk of texts at a
+time and passes the text chunk round a ring (`ppermute`), so per-device memory is [b, b]
+(b = local batch) however many devices there are.
 """
 
 from __future__ import annotations
@@ -20,10 +21,48 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from openvision2.models import contrastive_loss_kind
+from openvision2 import parallel
+
+LOSS_KINDS = ("softmax", "sigmoid")
 
 
-def _normalise(x):
+def shift_tokens(text, pad_id: int = 0):
+    """[bos w1 .. wn eos pad..] -> inputs [bos w1 .. wn eos pad..][:-1], targets [w1 .. eos pad..]."""
+    inputs, targets = text[:, :-1], text[:, 1:]
+    return inputs, targets, (targets != pad_id)
+
+
+def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
+    """Per-token CE (+ optional z-loss) summed over weighted tokens.
+
+    Returns dict(loss_sum, z_sum, correct, count) in float32.
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    w = weights.astype(jnp.float32)
+    nll = log_z - target_logit
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(nll * w),
+        "z_sum": jnp.sum(z_loss * jnp.square(log_z) * w),
+        "correct": jnp.sum(correct * w),
+        "count": jnp.sum(w),
+    }
+
+
+def caption_sums(logits, text, pad_id: int, z_loss: float = 0.0):
+    """CE sums of `logits` [B, T-1, V] predicting `text[:, 1:]`."""
+    _, targets, weights = shift_tokens(text, pad_id)
+    return cross_entropy(logits, targets, weights, z_loss)
+
+
+def valid_text(batch, pad_id: int):
+    """Eval batches pad the last batch with copies marked invalid: their text becomes all padding."""
+    return jnp.where(batch["valid"][:, None], batch["text"], pad_id)
+
+
+def normalise(x):
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
@@ -35,7 +74,7 @@ def clip_loss(img, txt, log_scale, positives=None):
     (and column's) target is then uniform over its positives, which is the plain loss when
     the only positive is the diagonal.
     """
-    img, txt = _normalise(img), _normalise(txt)
+    img, txt = normalise(img), normalise(txt)
     logits = jnp.exp(log_scale) * img @ txt.T
     if positives is None:
         labels = jnp.arange(img.shape[0])
@@ -51,21 +90,19 @@ def clip_loss(img, txt, log_scale, positives=None):
 def siglip_loss(img, txt, log_scale, bias):
     """Sigmoid loss: every pair is a binary problem (match on the diagonal), summed over
     pairs and divided by the batch size, as in SigLIP."""
-    img, txt = _normalise(img), _normalise(txt)
+    img, txt = normalise(img), normalise(txt)
     logits = jnp.exp(log_scale) * img @ txt.T + bias
     signs = 2.0 * jnp.eye(img.shape[0]) - 1.0
     return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / img.shape[0]
 
 
-def siglip_loss_chunked(img, txt, log_scale, bias, mesh, batch_axes=("dcn_data", "data", "fsdp")):
-    """`siglip_loss` of the global batch, computed chunk-wise across the devices of `batch_axes`."""
-    axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-    n = 1
-    for a in axes:
-        n *= mesh.shape[a]
+def siglip_loss_chunked(img, txt, log_scale, bias, mesh):
+    """`siglip_loss` of the global batch, computed chunk-wise across the batch devices of `mesh`."""
+    axes = tuple(a for a in parallel.BATCH_AXES if a in mesh.axis_names)
+    n = parallel.batch_devices(mesh)
 
     def local(img, txt, log_scale, bias):
-        img, txt = _normalise(img), _normalise(txt)
+        img, txt = normalise(img), normalise(txt)
         scale = jnp.exp(log_scale)
         perm = [(i, (i + 1) % n) for i in range(n)]
 
@@ -86,12 +123,16 @@ def siglip_loss_chunked(img, txt, log_scale, bias, mesh, batch_axes=("dcn_data",
     return total / img.shape[0]
 
 
-def batch_devices(mesh, batch_axes=("dcn_data", "data", "fsdp")) -> int:
-    n = 1
-    for a in batch_axes:
-        if a in mesh.axis_names:
-            n *= mesh.shape[a]
-    return n
+def loss_kind(cfg, own: str) -> str:
+    """`contrastive.loss`, or the recipe's `own` kind when it is empty."""
+    kind = cfg.contrastive.loss or own
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"contrastive.loss={kind!r}: choose one of {LOSS_KINDS} (or '' for the recipe's own).")
+    return kind
+
+
+def init_temperature(cfg, kind: str) -> float:
+    return float(cfg.contrastive.init_temperature or (0.1 if kind == "sigmoid" else 0.07))
 
 
 class ContrastiveLoss:
@@ -103,10 +144,10 @@ class ContrastiveLoss:
     logits that XLA assembles from the sharded embeddings.
     """
 
-    def __init__(self, cfg):
-        self.kind = contrastive_loss_kind(cfg)
+    def __init__(self, cfg, own: str = "softmax"):
+        self.kind = loss_kind(cfg, own)
         self.max_log_scale = math.log(1.0 / float(cfg.contrastive.min_temperature))
-        self.chunked = bool(cfg.contrastive.get("chunked", True))
+        self.chunked = bool(cfg.contrastive.chunked)
 
     def __call__(self, img, txt, log_scale, bias=None):
         log_scale = jnp.minimum(log_scale, self.max_log_scale)
@@ -114,7 +155,7 @@ class ContrastiveLoss:
             loss = clip_loss(img, txt, log_scale)
         else:
             mesh = jax.sharding.get_abstract_mesh()
-            if self.chunked and not mesh.empty and batch_devices(mesh) > 1:
+            if self.chunked and not mesh.empty and parallel.batch_devices(mesh) > 1:
                 loss = siglip_loss_chunked(img, txt, log_scale, bias, mesh)
             else:
                 loss = siglip_loss(img, txt, log_scale, bias)
@@ -122,6 +163,17 @@ class ContrastiveLoss:
         if bias is not None:
             scalars["logit_bias"] = bias
         return loss, scalars
+
+
+class ContrastiveCaptioning:
+    """The two terms of a contrastive captioner (CoCa, MM-GEM) and their weights from the config."""
+
+    def __init__(self, cfg, pad_id: int):
+        self.contrastive = ContrastiveLoss(cfg)
+        self.contrastive_weight = float(cfg.contrastive.weight)
+        self.caption_weight = float(cfg.caption_loss_weight)
+        self.z_loss = float(cfg.z_loss)
+        self.pad_id = pad_id
 
 
 def with_captions(con, scalars: dict, sums: dict, contrastive_weight: float, caption_weight: float):
@@ -137,44 +189,3 @@ def with_captions(con, scalars: dict, sums: dict, contrastive_weight: float, cap
         numerator += caption_weight * caption
     scalars = {**scalars, "caption_loss": caption / jnp.maximum(count, 1.0)}
     return numerator, {**sums, "scalars": scalars}
-
-
-class TwoTowerContrastive:
-    """CLIP (softmax) and SigLIP (sigmoid): contrastive only, image tower vs text tower."""
-
-    captions = False
-    embeds = True
-
-    def __init__(self, cfg):
-        self.contrastive = ContrastiveLoss(cfg)
-        self.weight = float(cfg.contrastive.weight)
-
-    def prepare(self, batch, step):
-        del step
-        return batch
-
-    def loss(self, model, params, batch):
-        out = model.apply({"params": params}, batch["image"], batch["text_con"])
-        loss, scalars = self.contrastive(out["image_embedding"], out["text_embedding"], *out["scale_and_bias"])
-        # Not token-weighted: the normaliser is 1 and the loss is already the batch mean.
-        return self.weight * loss, {"count": jnp.float32(1.0), "scalars": scalars}
-
-    def embed(self, model, params, batch):
-        return embed_two_towers(model, params, batch)
-
-
-def embed_two_towers(model, params, batch):
-    """L2-normalised (image, text) embeddings of a model with `encode`, `embed_pooled` and `embed_texts`."""
-    def fn(module, images, text):
-        return module.embed_pooled(module.encode(images)["pooled"]), module.embed_texts(text)
-
-    img, txt = model.apply({"params": params}, batch["image"], batch["text_con"], method=fn)
-    return _normalise(img), _normalise(txt)
-
-
-class Clip(TwoTowerContrastive):
-    name = "clip"
-
-
-class Siglip(TwoTowerContrastive):
-    name = "siglip"

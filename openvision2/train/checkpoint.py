@@ -17,10 +17,10 @@ import orbax.checkpoint as ocp
 
 def manager(workdir: str, cfg) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(cfg.get("keep_checkpoints", 2)),
-        keep_period=int(cfg.get("keep_every", 0)) or None,
+        max_to_keep=int(cfg.keep_checkpoints),
+        keep_period=int(cfg.keep_every) or None,
         create=True,
-        enable_async_checkpointing=bool(cfg.get("async_checkpoints", True)),
+        enable_async_checkpointing=bool(cfg.async_checkpoints),
     )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                  item_names=("state", "data"))

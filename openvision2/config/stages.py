@@ -9,29 +9,31 @@ plus its length in `steps`:
         "optim": {"lr": 1e-3, "warmup_steps": 30, "trainable": ""},
         "data": {"caption_field": "caption"}})
 
-Any key of the top-level config may be overridden, nested dicts merge key by
-key, and every stage's overrides are checked against the top-level keys so a
-typo fails at start-up. A config without stages is one implicit stage.
+Any key of the top-level config may be overridden except the run's fixed ones
+(`RUN_KEYS`), nested dicts merge key by key, and every stage's overrides are checked
+against the top-level keys so a typo fails at start-up. A config without stages is one
+implicit stage.
 
 Steps are global: stage k runs steps [start_k, start_k + steps_k). The data
 stream is stage-local (its step counter restarts, under a stage-specific seed),
 the optimizer state is created fresh at every stage boundary (new warmup and
-schedule, as CLIPA's fine-tune does) and only the parameters carry over:
-`adapt_params` makes them fit the next stage's shapes (learned position
-embeddings are resized to the new patch grid; sin-cos ones are recomputed by
-the model).
+schedule, as CLIPA's fine-tune does) and only the parameters carry over
+(`train/carry.py` fits them to the next stage's shapes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
+from openvision2.config import defaults
+
 STAGE_ONLY_KEYS = ("steps",)
+# Keys a run holds fixed: the mesh and sharding rules (one mesh per run), the seed (which
+# defines every stage's data stream and masks) and the tokenizer (its ids index the
+# embeddings). A stage that overrides one fails at start-up.
+RUN_KEYS = ("mesh", "sharding_rules", "seed", "text.vocab")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,7 @@ def is_staged(cfg) -> bool:
 def resolve(cfg) -> list[Stage]:
     """The stages of `cfg`, in order, each with its fully merged config."""
     if not is_staged(cfg):
-        single = _copy(cfg)
+        single = defaults.complete(_copy(cfg))
         return [Stage(0, "train", 0, int(cfg.total_steps), single)]
     order = [s.strip() for s in str(cfg.get("stage_order", "")).split(",") if s.strip()]
     names = list(cfg.stages.keys())
@@ -72,11 +74,13 @@ def resolve(cfg) -> list[Stage]:
         steps = int(spec.get("steps", 0))
         if steps <= 0:
             raise ValueError(f"stage {name!r} needs steps > 0 (got {steps}); set --config.stages.{name}.steps.")
-        merged = _copy(cfg)
+        merged = defaults.complete(_copy(cfg))
         with merged.unlocked():
-            del merged["stages"]
             _merge(merged, spec, f"stages.{name}")
             merged.total_steps = steps
+        defaults.complete(merged)  # a stage may switch the recipe
+        with merged.unlocked():
+            del merged["stages"]  # a stage's config is one stage
         if int(merged.optim.warmup_steps) >= steps:
             raise ValueError(f"stage {name!r} has {steps} steps but optim.warmup_steps={merged.optim.warmup_steps}; "
                              f"set --config.stages.{name}.optim.warmup_steps below {steps} (or lengthen the stage).")
@@ -130,6 +134,12 @@ def _merge(target: ml_collections.ConfigDict, overrides, where: str) -> None:
     for key, value in overrides.items():
         if key in STAGE_ONLY_KEYS and where.count(".") == 1:
             continue
+        path = ".".join(where.split(".")[2:] + [key])
+        fixed = [k for k in RUN_KEYS if path == k or path.startswith(k + ".")]
+        if fixed:
+            raise ValueError(f"{where}.{key} overrides {fixed[0]}, which is fixed for the whole run (one mesh, "
+                             "sharding rules, seed and tokenizer for every stage): set --config."
+                             f"{fixed[0]} at the top level and remove it from the stage.")
         if key not in target:
             raise KeyError(f"{where}.{key} overrides nothing: the config has no key {key!r} at that level. Stage "
                            "overrides use the top-level config's key names (e.g. image_size, optim.lr).")
@@ -139,64 +149,3 @@ def _merge(target: ml_collections.ConfigDict, overrides, where: str) -> None:
             _merge(target[key], value, f"{where}.{key}")
         else:
             target[key] = value
-
-
-def adapt_params(params, target):
-    """Fits the carried-over `params` to the next stage's model, whose freshly initialised
-    parameters are `target`.
-
-    Parameters the next stage adds (a new head, soft prompts) keep their fresh values. Only
-    learned position embeddings may change shape (a new resolution means a new patch grid);
-    they are resized bilinearly as a 2-D grid (a CLS position, if any, lives in a separate
-    parameter). Any other shape change, or a parameter the next stage has no place for, is a
-    config error and raises.
-    """
-    def fit(name, x, t):
-        if x.shape == t.shape:
-            return x
-        if name.endswith("pos_embedding") and x.ndim == 3 and t.ndim == 3:
-            return resize_posemb(x, t.shape[1]).astype(x.dtype)
-        raise ValueError(f"parameter {name} changes shape {x.shape} -> {t.shape} between stages; only the "
-                         "resolution (learned position embeddings) may change within a curriculum.")
-
-    def merge(p, t, path):
-        if not isinstance(t, Mapping):
-            return fit(path, p, t)
-        gone = sorted(set(p) - set(t))
-        if gone:
-            raise ValueError(f"parameters {[f'{path}/{k}'.lstrip('/') for k in gone]} of the previous stage have no "
-                             "place in the next stage's model; a stage may add parameters, not remove them.")
-        return {k: merge(p[k], t[k], f"{path}/{k}".lstrip("/")) if k in p else t[k] for k in t}
-
-    return merge(params, target, "")
-
-
-def added_params(params, target) -> list[str]:
-    """Paths of `target` (the next stage's parameter tree) that `params` does not have."""
-    out = []
-
-    def walk(p, t, path):
-        for k, v in t.items():
-            name = f"{path}/{k}".lstrip("/")
-            if k not in p:
-                out.append(name)
-            elif isinstance(v, Mapping):
-                walk(p[k], v, name)
-
-    walk(params, target, "")
-    return out
-
-
-def resize_posemb(posemb, new_len: int):
-    """[1, h*w, D] -> [1, new_len, D], both square grids, bilinear (antialiased when shrinking)."""
-    _, old_len, width = posemb.shape
-    old, new = _side(old_len), _side(new_len)
-    grid = posemb.reshape(old, old, width).astype(jnp.float32)
-    return jax.image.resize(grid, (new, new, width), method="bilinear").reshape(1, new * new, width)
-
-
-def _side(n: int) -> int:
-    side = int(round(n ** 0.5))
-    if side * side != n:
-        raise ValueError(f"position embedding of {n} tokens is not a square grid")
-    return side
