@@ -7,7 +7,7 @@
 #       [--docker-image=IMG] [--dry-run] -- --config=configs/openvision2.py:L/14 --workdir=gs://bucket/run
 #
 # The image must contain this repository installed with the [tpu] extra
-# (e.g. built from python:3.11 with `pip install -e .[tpu]`).
+# (e.g. built from python:3.11 with `pip install -e .[tpu,gcs]`).
 set -euo pipefail
 cluster="" tpu_type="" slices=1 workload="ov2-$(date +%Y%m%d-%H%M%S)" image="${DOCKER_IMAGE:-}" dry=0
 while [[ $# -gt 0 ]]; do

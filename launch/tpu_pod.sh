@@ -7,7 +7,7 @@
 #       --config.data.path=gs://bucket/recap-v2/train
 #
 # --setup first clones/updates the repo at $REPO_URL (default: this checkout's
-# origin) into ~/openvision2 on every worker and installs it with the [tpu] extra.
+# origin) into ~/openvision2 on every worker and installs it with the [tpu,gcs] extras.
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 tpu="" zone="" project="" setup=0 dry=0
@@ -34,6 +34,6 @@ run() {
 }
 if [[ $setup == 1 ]]; then
   [[ -n "$repo_url" ]] || { echo "set REPO_URL for --setup" >&2; exit 2; }
-  run "${gcloud[@]}" --command="if [ -d ~/openvision2 ]; then git -C ~/openvision2 pull --ff-only; else git clone $repo_url ~/openvision2; fi && cd ~/openvision2 && python3 -m venv ~/ov2env && ~/ov2env/bin/pip install -q -e '.[tpu]'"
+  run "${gcloud[@]}" --command="if [ -d ~/openvision2 ]; then git -C ~/openvision2 pull --ff-only; else git clone $repo_url ~/openvision2; fi && cd ~/openvision2 && python3 -m venv ~/ov2env && ~/ov2env/bin/pip install -q -e '.[tpu,gcs]'"
 fi
 run "${gcloud[@]}" --command="cd ~/openvision2 && ~/ov2env/bin/python -m openvision2.train${train_flags}"

@@ -1,0 +1,1 @@
+"""openvision2: generative pretraining of vision encoders in JAX/Flax (see README.md)."""

@@ -1,8 +1,9 @@
-r"""Caption images with a trained run (greedy, KV cache, no token masking).
+r"""Caption images with a trained run (greedy, KV cache, every visual token: no masking).
 
-  python -m openvision2.caption --workdir=/tmp/ov2-demo photo.png other.jpg
+  openvision2-caption --workdir=<run dir or gs://...> [--step=N] IMAGE...
+  python -m openvision2.caption ...                  (the same command)
 
-Prints `<path>\t<caption>` per image.
+Prints `<path>\t<caption>` per image, in the order given.
 """
 
 from __future__ import annotations
@@ -10,12 +11,8 @@ from __future__ import annotations
 from absl import app, flags
 import numpy as np
 
-from openvision2.inference import TrainedRun, caption_images
+from openvision2.inference import TrainedRun, caption_images, define_run_flags, run_command
 
-flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
-flags.DEFINE_integer("max_new_tokens", 0, "Caption length limit in tokens (0 = the run's text.max_len - 1).")
 FLAGS = flags.FLAGS
 
 
@@ -26,7 +23,7 @@ def main(argv):
     run = TrainedRun(FLAGS.workdir, FLAGS.step)
     if not run.captions:
         raise app.UsageError(f"this run trained objective={run.cfg.objective!r}, which has no caption decoder; "
-                             "use openvision2.encode for its image features.")
+                             "use openvision2-encode for its image features.")
     size = min(FLAGS.batch_size, len(paths))
     for i in range(0, len(paths), size):
         chunk = paths[i:i + size]
@@ -37,5 +34,13 @@ def main(argv):
             print(f"{path}\t{text}", flush=True)
 
 
+def run():
+    """The `openvision2-caption` command."""
+    define_run_flags()
+    flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+    flags.DEFINE_integer("max_new_tokens", 0, "Caption length limit in tokens (0 = the run's text.max_len - 1).")
+    run_command(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,6 +1,7 @@
 r"""Export a trained run for libraries that never import our code.
 
-  python -m openvision2.export --workdir=/tmp/ov2-demo --output=/tmp/ov2-hf [--step=N] [--format=hf|timm|llava]
+  openvision2-export --workdir=<run dir or gs://...> --output=<dir or gs://...> [--step=N] [--format=hf|timm|llava]
+  python -m openvision2.export ...                   (the same command)
 
 - `hf`: the encoder as `transformers.SiglipVisionModel` (`AutoModel.from_pretrained(dir)`), with a
   `preprocessor_config.json` for `AutoImageProcessor` that reproduces our eval preprocessing;
@@ -18,13 +19,14 @@ import json
 import os
 import struct
 import subprocess
+import tempfile
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from openvision2 import recipes
+from openvision2 import paths, recipes
 from openvision2.convert import llava, siglip, table, timm, vit
 
 FORMATS = ("hf", "timm", "llava")
@@ -100,15 +102,19 @@ def build(params, cfg, fmt: str, tokenizer=None) -> tuple[dict[str, np.ndarray],
 
 
 def write(params, cfg, output: str, fmt: str, step: int, tokenizer=None) -> dict:
-    """Writes one export directory; returns its record."""
+    """Writes one export directory (local, or on cloud storage by way of a local copy); returns its record."""
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     tensors, files = build(params, cfg, fmt, tokenizer)
     rec = record(cfg, step, fmt)
-    os.makedirs(output, exist_ok=True)
-    save_safetensors(tensors, os.path.join(output, WEIGHTS), {"openvision2": json.dumps(rec, sort_keys=True)})
-    for name, content in {**files, RECORD: rec}.items():
-        with open(os.path.join(output, name), "w", encoding="utf-8") as f:
-            f.write(content if isinstance(content, str) else json.dumps(content, indent=2, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory(prefix="openvision2-export-") as staging:
+        local = staging if paths.is_remote(output) else output
+        os.makedirs(local, exist_ok=True)
+        save_safetensors(tensors, os.path.join(local, WEIGHTS), {"openvision2": json.dumps(rec, sort_keys=True)})
+        for name, content in {**files, RECORD: rec}.items():
+            with open(os.path.join(local, name), "w", encoding="utf-8") as f:
+                f.write(content if isinstance(content, str) else json.dumps(content, indent=2, sort_keys=True) + "\n")
+        if local != output:
+            paths.copy_tree(local, output)
     return rec
 
 
@@ -121,10 +127,14 @@ def main(argv):
     print(f"wrote {f.format} export of step {run.step} to {f.output}")
 
 
-if __name__ == "__main__":
-    # Defined here, not at import, so tests can import this module beside caption/encode (same flag names).
-    flags.DEFINE_string("workdir", None, "Run directory written by openvision2.train.", required=True)
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-    flags.DEFINE_string("output", None, "Output directory.", required=True)
+def run():
+    """The `openvision2-export` command."""
+    from openvision2.inference import define_run_flags, run_command
+    define_run_flags()
+    flags.DEFINE_string("output", None, "Output directory (local or gs://).", required=True)
     flags.DEFINE_enum("format", "hf", FORMATS, "hf: SiglipVisionModel; timm: VisionTransformer; llava: the captioner.")
-    app.run(main)
+    run_command(main, __doc__)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
+import sys
 
+from absl import app, flags
 import jax
 import ml_collections
 import numpy as np
 
-from openvision2 import recipes
+from openvision2 import console, paths, recipes
 from openvision2.config import stages
 from openvision2.data import preprocess
 from openvision2.data.tokenizer import get_tokenizer
@@ -25,15 +26,31 @@ from openvision2.recipes import parts
 from openvision2.train import checkpoint
 
 
+def define_run_flags() -> None:
+    """`--workdir` and `--step`: which run (and checkpoint) a command reads."""
+    flags.DEFINE_string("workdir", None, "Run directory written by openvision2-train (local or gs://).", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def run_command(main, doc: str) -> None:
+    """Runs an absl `main` as a command: `--help` prints `doc`, library chatter stays out."""
+    sys.modules["__main__"].__doc__ = doc
+
+    def quiet_main(argv):
+        console.start()
+        return main(argv)
+
+    app.run(quiet_main)
+
+
 class TrainedRun:
 
     def __init__(self, workdir: str, step: int | None = None):
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
+        path = paths.join(workdir, "config.json")
+        if not paths.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by openvision2.train.")
-        with open(path) as f:
-            # A curriculum's model is what its last stage trained (resolution, tokenizer...).
-            self.cfg = stages.final_config(ml_collections.ConfigDict(json.load(f)))
+        # A curriculum's model is what its last stage trained (resolution, tokenizer...).
+        self.cfg = stages.final_config(ml_collections.ConfigDict(json.loads(paths.read_text(path))))
         self.recipe = recipes.get(self.cfg.objective)
         self.params, self.step = checkpoint.restore_params(workdir, step)
         self.tokenizer = get_tokenizer(self.cfg.text.vocab)
@@ -44,12 +61,11 @@ class TrainedRun:
         """Whether the run's recipe trained a caption decoder."""
         return self.recipe.captions
 
-    def load_images(self, paths: list[str]) -> np.ndarray:
+    def load_images(self, image_paths: list[str]) -> np.ndarray:
         """uint8 [N,S,S,3]: the eval preprocessing (shorter side to S, centre crop)."""
         out = []
-        for p in paths:
-            with open(p, "rb") as f:
-                out.append(preprocess.eval_transform(preprocess.decode_image(f.read()), self.cfg.image_size))
+        for p in image_paths:
+            out.append(preprocess.eval_transform(preprocess.decode_image(paths.read_bytes(p)), self.cfg.image_size))
         return np.stack(out)
 
     @functools.cache

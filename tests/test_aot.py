@@ -57,7 +57,7 @@ def test_multislice_compiles_with_a_dcn_data_axis_over_slices():
 
 
 def test_hybrid_mesh_keeps_each_dcn_group_inside_one_slice():
-    code = ("import sys; sys.argv=['x']; sys.path.insert(0, 'tools'); import aot_compile as a;"
+    code = ("import sys; sys.argv=['x']; from openvision2.tools import aot_compile as a;"
             "from openvision2 import parallel;"
             "d = a.topology_devices('v4:2x2x1', 2);"
             "m = parallel.make_mesh({'dcn_data': 2, 'data': 1, 'fsdp': 4, 'tensor': 1}, d);"

@@ -28,7 +28,7 @@ def test_tpu_pod_runs_the_trainer_on_every_worker():
 def test_tpu_pod_setup_installs_the_tpu_extra_first():
     setup, train = [c for c in dry_run("tpu_pod.sh", "--tpu=ov2", "--zone=z", "--setup")]
     remote = next(a for a in setup if a.startswith("--command="))
-    assert "[tpu]" in remote and "git clone https://example.com/ov2.git" in remote
+    assert "[tpu,gcs]" in remote and "git clone https://example.com/ov2.git" in remote
     assert "openvision2.train" in next(a for a in train if a.startswith("--command="))
 
 

@@ -1,4 +1,4 @@
-"""tools/make_records.py: every bad-input case is skipped and counted by reason, every valid record
+"""openvision2-make-records: every bad-input case is skipped and counted by reason, every valid record
 round-trips exactly, output is deterministic across worker counts, and the shards train."""
 
 import io
@@ -19,10 +19,9 @@ from PIL import Image
 
 from openvision2.data import pipeline, preprocess, records
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # spawned workers inherit sys.path, so they can import it too
+from openvision2.tools import make_records
 
-import make_records  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIELDS = ("re_caption", "org_caption")
 MAX_PIXELS = 3000  # lowered so a real 60x60 image counts as a decompression bomb

@@ -17,8 +17,7 @@ from openvision2.sweeps import grid, results
 from tests.test_multiprocess import ROOT
 from tests.test_train import deterministic, read_metrics
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import sweep as sweep_tool  # noqa: E402  (tools/sweep.py)
+from openvision2.tools import sweep as sweep_tool  # noqa: E402
 
 DEMO = "configs/sweeps/demo_scaling.py"
 ENC = {"w32": "mu/8,width=32,depth=2,heads=2", "w64": "mu/8,width=64,depth=2,heads=2"}

@@ -133,3 +133,36 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     before = read_metrics(workdir)
     assert train.train(tiny_train_cfg(tmp_path / "data", total_steps=3), workdir)["step"] == 3
     assert read_metrics(workdir) == before
+
+
+def test_tensorboard_events_hold_the_scalars_of_metrics_jsonl_across_a_resume(tmp_path):
+    """TensorBoard's own reader sees the train and eval scalars metrics.jsonl has, one value per step."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    workdir = str(tmp_path / "run")
+    train.train(tiny_train_cfg(tmp_path / "data", total_steps=5), workdir, stop_after_steps=4)  # checkpoint at 3
+    train.train(tiny_train_cfg(tmp_path / "data", total_steps=5), workdir)
+    events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    rows = read_metrics(workdir)
+    for tag in ("train/loss", "train/lr", "train/token_accuracy", "perf/step_s", "eval/loss", "eval/caption_exact_match"):
+        logged = {r["step"]: r[tag] for r in rows if tag in r}
+        seen = {e.step: e.value for e in events.Scalars(tag)}
+        assert seen.keys() == logged.keys(), tag  # step 4 of the first invocation was purged
+        np.testing.assert_allclose([seen[s] for s in logged], list(logged.values()), rtol=1e-6, err_msg=tag)
+    assert sorted({e.step for e in events.Scalars("train/loss")}) == [1, 2, 3, 4, 5]
+
+
+def test_profile_steps_writes_a_trace_that_parses(tmp_path):
+    from jax.profiler import ProfileData
+
+    workdir = str(tmp_path / "run")
+    cfg = tiny_train_cfg(tmp_path / "data", total_steps=6)
+    cfg.profile_steps = 3
+    train.train(cfg, workdir)
+    traces = sorted((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].parent.parent.name == "profile"  # <workdir>/profile/plugins/profile/<time>/
+    assert (traces[0].parent / traces[0].name.replace(".xplane.pb", ".trace.json.gz")).exists()
+    profile = ProfileData.from_file(str(traces[0]))
+    calls = [e.name for plane in profile.planes for line in plane.lines for e in line.events]
+    assert calls.count("CommonPjRtLoadedExecutable::Execute (jit_train_step)") == 3  # exactly the traced steps

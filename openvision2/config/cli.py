@@ -6,9 +6,10 @@ key, `scan_layers=ture`)."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 
-from absl import flags
+from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
@@ -16,6 +17,15 @@ from openvision2.config import files
 
 _CONFIG_FLAG = re.compile(r"^-{1,2}config(=|$)")
 _OVERRIDE = re.compile(r"^-{1,2}(?:no)?config\.([^=]+)")
+
+
+def run(main, doc: str) -> None:
+    """Runs an absl `main` that takes `--config`: its specs are found among the installed configs
+    when they are not where the command runs, and `--help` prints `doc`."""
+    sys.argv = files.resolve_config_flags(sys.argv)
+    sys.modules["__main__"].__doc__ = doc
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
 
 
 def load(spec: str, argv: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -38,6 +48,18 @@ def load_shared(spec: str, argv: Sequence[str]) -> tuple[ml_collections.ConfigDi
     for tokens, key in _override_tokens(_without_config_spec(argv)):
         (kept.extend(tokens) if _has_key(present, key) else left_out.append(key))
     return load(spec, kept), left_out
+
+
+def compared_runs(config_flag, compare: list[str]) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(spec, config) of the command line's own `--config` and of each `--compare` spec, every one
+    with the command line's overrides (those a compared config lacks are left out, with a note)."""
+    runs = [(config_flags.get_config_filename(config_flag), config_flag.value)]
+    for spec in split_specs(compare):
+        compared, left_out = load_shared(spec, sys.argv[1:])
+        if left_out:
+            print(f"note: {spec} has no {', '.join(left_out)}: those overrides are left out for it", file=sys.stderr)
+        runs.append((spec, compared))
+    return runs
 
 
 def _override_tokens(argv: Sequence[str]) -> list[tuple[list[str], str]]:

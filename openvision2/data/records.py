@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import msgpack
 from array_record.python import array_record_module
 
+from openvision2 import paths as paths_lib
+
 SHARD_SUFFIX = ".array_record"
 
 
@@ -107,13 +109,17 @@ def write_shards(records: Iterable[bytes], out_dir: str, prefix: str, num_shards
 
 
 def resolve_paths(spec: str) -> list[str]:
-    """Expands a directory, a glob, or a comma-separated list of those into sorted shard paths."""
+    """Expands a directory, a glob, or a comma-separated list of those into sorted shard paths;
+    local or on cloud storage (`gs://bucket/recap/train-*.array_record`, read in place)."""
     paths: set[str] = set()
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     for part in parts:
-        part = os.path.expanduser(part)
-        if os.path.isdir(part):
-            paths.update(glob.glob(os.path.join(part, f"*{SHARD_SUFFIX}")))
+        if not paths_lib.is_remote(part):
+            part = os.path.expanduser(part)
+        if not any(c in part for c in "*?[") and paths_lib.isdir(part):
+            paths.update(paths_lib.glob(paths_lib.join(part, f"*{SHARD_SUFFIX}")))
+        elif paths_lib.is_remote(part):
+            paths.update(paths_lib.glob(part))  # listed objects are files
         else:
             paths.update(p for p in glob.glob(part) if os.path.isfile(p))
     if not paths:

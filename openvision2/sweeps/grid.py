@@ -37,7 +37,10 @@ import ml_collections
 from openvision2.config import cli, defaults, files
 
 Grid = list[dict[str, Any]]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # where point commands run
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Where point commands run: the repository root of a checkout (launch/ and configs/ are there),
+# else (an installed package) the current directory.
+REPO = _CHECKOUT if os.path.isdir(os.path.join(_CHECKOUT, "launch")) else os.getcwd()
 MANIFEST = "sweep.json"
 _VALUE_TYPES = (bool, int, float, str)
 
@@ -207,7 +210,8 @@ def expand(grid, h: Hyper, base: str, spec: str = "") -> Sweep:
     if repeated:
         raise ValueError(f"Sweep keys share the short name(s) {sorted(repeated)}; give each a distinct name=.")
     base_path, _, base_arg = base.partition(":")
-    base_spec = os.path.join(REPO, base_path) + (f":{base_arg}" if base_arg else "")
+    local = os.path.join(REPO, base_path)
+    base_spec = (local if os.path.isfile(local) else files.find(base_path)) + (f":{base_arg}" if base_arg else "")
     files.load_config_file(base_spec)  # a base that does not load fails here, not at its first point
     points, seen = [], {}
     for overrides in grid:

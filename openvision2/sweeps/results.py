@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import math
-import os
 import statistics
 
 import jax
 import ml_collections
 
-from openvision2 import recipes
+from openvision2 import paths, recipes
 from openvision2.config import stages
 from openvision2.data.tokenizer import get_tokenizer
 from openvision2.sweeps.grid import MANIFEST
-from openvision2.train import perf
+from openvision2.train import checkpoint, perf
 
 RUNS_LOG = "sweep_runs.jsonl"  # one line per local run of a point: wall time and exit code
 
@@ -40,26 +40,21 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def read_metrics(workdir: str) -> list[dict]:
     """metrics.jsonl events; a line torn by a kill is skipped."""
     rows = []
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and "step" in row:
-                    rows.append(row)
-    except FileNotFoundError:
-        pass
+    path = paths.join(workdir, "metrics.jsonl")
+    for line in (paths.read_text(path).splitlines() if paths.exists(path) else []):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
     return rows
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-    """Committed orbax checkpoints (an unfinished save is a `<step>.orbax-checkpoint-tmp-*` dir)."""
-    try:
-        return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-    except FileNotFoundError:
-        return []
+    """Committed orbax checkpoints (an unfinished local save is a `<step>.orbax-checkpoint-tmp-*` dir;
+    on an object store, a step without its commit marker)."""
+    return checkpoint.committed_steps(workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +72,13 @@ def point_status(workdir: str, config: dict) -> Status:
     resuming it would mix two runs, so the sweep refuses rather than guesses.
     (Without a checkpoint the trainer starts afresh and nothing is mixed.)
     """
-    if not os.path.isdir(workdir) or not os.listdir(workdir):
+    if not paths.listdir(workdir):
         return Status("missing", 0)
     total = int(config["total_steps"])
     steps = checkpoint_steps(workdir)
     step = steps[-1] if steps else 0
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = _flatten(json.load(f))
+        saved = _flatten(json.loads(paths.read_text(paths.join(workdir, "config.json"))))
     except (FileNotFoundError, json.JSONDecodeError):
         saved = None
     if saved is not None and step:
@@ -112,7 +106,7 @@ def param_counts(cfg) -> dict[str, int]:
 
 def result_row(root: str, entry: dict, varied: list[str]) -> dict:
     """One results.csv row: config values, status, final and median metrics, size and compute."""
-    workdir = os.path.join(root, entry["dir"])
+    workdir = paths.join(root, entry["dir"])
     cfg = ml_collections.ConfigDict(entry["config"])
     final = stages.final_config(cfg)  # a curriculum's model is its last stage's
     status = point_status(workdir, entry["config"])
@@ -134,8 +128,7 @@ def result_row(root: str, entry: dict, varied: list[str]) -> dict:
     row.update({"flops_per_step": flops_per_step, "flops_seen": perf.run_train_flops(cfg, steps=step)})
     runs = []
     try:
-        with open(os.path.join(workdir, RUNS_LOG)) as f:
-            runs = [json.loads(line) for line in f if line.strip()]
+        runs = [json.loads(line) for line in paths.read_text(paths.join(workdir, RUNS_LOG)).splitlines() if line.strip()]
     except (FileNotFoundError, json.JSONDecodeError):
         pass
     row["wall_s"] = sum(r["wall_s"] for r in runs) if runs else ""
@@ -144,10 +137,9 @@ def result_row(root: str, entry: dict, varied: list[str]) -> dict:
 
 
 def load_manifest(root: str) -> dict:
-    path = os.path.join(root, MANIFEST)
+    path = paths.join(root, MANIFEST)
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(paths.read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"No {path}: run the sweep into this --root first, or pass --config=<sweep file> "
                                 "to --report.") from None
@@ -159,10 +151,11 @@ def collect_results(root: str, manifest: dict) -> list[dict]:
 
 def write_csv(rows: list[dict], path: str):
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    paths.write_text(path, out.getvalue())
 
 
 def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "") -> int:
@@ -209,6 +202,8 @@ def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "") -
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title=",".join(aliases[k] for k in outer) or None, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    paths.write_bytes(path, image.getvalue())
     plt.close(fig)
     return sum(len(p) for p in lines.values())

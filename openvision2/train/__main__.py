@@ -1,4 +1,14 @@
-r"""`python -m openvision2.train --config=configs/<name>.py[:<arg>] --workdir=<dir> [--config.<key>=<value> ...]`
+r"""Train (or resume) a run: every curriculum stage of a config, checkpointed, resumable.
+
+  openvision2-train --config=configs/<name>.py[:<arg>] --workdir=<dir or gs://bucket/run> [--config.<key>=<value> ...]
+  python -m openvision2.train ...                    (the same command)
+
+`--config` is a config file (`configs/demo.py`, or `configs/openvision2.py:L/14`; outside a
+checkout the configs installed with the package are used). Any key of the config is
+overridden with `--config.<key>=<value>`, e.g. `--config.batch_size=128 --config.mesh.fsdp=4
+--config.stages.finetune.image_size=336`; `--print_config` prints the resolved config (every
+key, at the value the run would use) and exits. Rerunning the same command on the same
+workdir resumes from its latest checkpoint.
 
 Multi-host: `--coordinator_address=host:port --num_processes=N --process_id=i` (omit them on
 TPU pods and under SLURM, where `jax.distributed.initialize()` finds its peers itself).
@@ -6,18 +16,20 @@ TPU pods and under SLURM, where `jax.distributed.initialize()` finds its peers i
 
 from __future__ import annotations
 
-import logging as std_logging
-import os
-
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from openvision2 import console
+from openvision2.config import cli, defaults
 from openvision2.train import distributed
 from openvision2.train.loop import DivergenceError, train
 
-config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/.")
+config_flags.DEFINE_config_file("config", None, "Config file (`path.py[:arg]`); override keys with "
+                                "--config.<key>=<value>.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (local or gs://): config.json, metrics.jsonl, tensorboard/, "
+                    "checkpoints/.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit without training.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host on CPU/GPU).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -25,20 +37,15 @@ flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after this many
                      "(preemption drills; 0 = run to total_steps).")
 FLAGS = flags.FLAGS
 
-PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def quiet_library_logs():
-    """Keep INFO lines from our own code; libraries (orbax, jax) speak at WARNING and up."""
-    logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or record.pathname.startswith(PACKAGE))
-
 
 def main(argv):
     del argv
+    if FLAGS.print_config:
+        print(defaults.complete(FLAGS.config).to_json_best_effort(indent=2, sort_keys=True))
+        return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
-    quiet_library_logs()
+    console.start()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)  # one progress log per job: process 0's
@@ -49,6 +56,10 @@ def main(argv):
         raise SystemExit(3) from None
 
 
+def run():
+    """The `openvision2-train` command."""
+    cli.run(main, __doc__)
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    run()

@@ -8,11 +8,11 @@ mismatched resume is caught rather than silently reading other data.
 
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
+
+from openvision2 import paths
 
 
 def manager(workdir: str, cfg) -> ocp.CheckpointManager:
@@ -22,8 +22,20 @@ def manager(workdir: str, cfg) -> ocp.CheckpointManager:
         create=True,
         enable_async_checkpointing=bool(cfg.async_checkpoints),
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                                 item_names=("state", "data"))
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data"))
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """`<workdir>/checkpoints`: absolute if local, the URL itself on cloud storage (where orbax writes
+    each host's shards of one checkpoint)."""
+    return paths.resolve(paths.join(workdir, "checkpoints"))
+
+
+def committed_steps(workdir: str) -> list[int]:
+    """Steps whose checkpoint finished writing, by orbax's own rule: on a local disk the step
+    directory appears by one atomic rename; on an object store (no rename) a
+    `commit_success.txt` inside it marks it whole."""
+    return sorted(ocp.path.step.checkpoint_steps(checkpoint_dir(workdir)))
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_position: dict, force: bool = False) -> bool:
@@ -51,7 +63,7 @@ def restore_params(workdir: str, step: int | None = None):
     Reads only the `params` subtree (no optimizer state), for the caption,
     encode and export commands.
     """
-    path = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    path = checkpoint_dir(workdir)
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(path, item_names=("state", "data"), item_handlers=handlers) as mgr:
         step = mgr.latest_step() if step is None else step

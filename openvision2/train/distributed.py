@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from openvision2 import console
+
 
 def on_cluster() -> bool:
     """True where jax.distributed.initialize() can find its peers by itself."""
@@ -16,9 +18,7 @@ def on_cluster() -> bool:
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h and " " not in h]
     if len(hosts) > 1:
         return True
-    # Cloud TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5e and later).
-    return os.path.exists("/dev/accel0") or (os.path.isdir("/dev/vfio") and any(
-        name.isdigit() for name in os.listdir("/dev/vfio")))
+    return console.tpu_present()
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

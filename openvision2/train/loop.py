@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
+import tempfile
 import time
 
 from absl import logging
 import flax.linen as nn
 import jax
 
-from openvision2 import parallel, recipes
+from openvision2 import parallel, paths, recipes
 from openvision2.config import defaults, stages, validation
 from openvision2.convert import init as convert_init
 from openvision2.data import pipeline
@@ -41,7 +41,7 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
     """Runs (or resumes) training, every curriculum stage in order; returns the last train and
     eval metrics. `stop_after_steps` > 0 checkpoints and returns after that many steps."""
     # --- The plan: stages, one mesh, the tokenizer ---------------------------------------------------
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     defaults.complete(cfg)
     write_config(workdir, cfg)
     plan = stages.resolve(cfg)
@@ -62,13 +62,15 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _StopSignal() as stop:
         # --- The resume point ------------------------------------------------------------------------
         mgr = checkpoint.manager(workdir, cfg)
+        run, state = None, None
         try:
             latest = mgr.latest_step()
             step = start = latest or 0
             until = total_steps if not stop_after_steps else min(total_steps, start + stop_after_steps)
-            run = Run(mesh, mgr, MetricsWriter(workdir, latest), stop, tokenizer, ids, total_steps, staged)
+            run = Run(mesh, mgr, MetricsWriter(workdir, latest), stop, tokenizer, ids, total_steps, staged,
+                      Profile(workdir, int(cfg.profile_steps)))
             _log_sources(cfg)
-            state, t_start = None, time.perf_counter()
+            t_start = time.perf_counter()
             first = 0 if latest is None else stages.stage_of_checkpoint(plan, latest)
             for stage in plan[first:]:
                 # --- Enter the stage -------------------------------------------------------------------
@@ -101,6 +103,9 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
         finally:
             mgr.wait_until_finished()
             mgr.close()
+            if run is not None:
+                run.profile.finish(state)
+                run.writer.close()
     logging.info("Done at step %d in %s.", step, fmt_time(time.perf_counter() - t_start))
     return {**run.last_train, **run.last_eval, "step": step}
 
@@ -113,8 +118,7 @@ def validate_plan(plan: list[stages.Stage], num_devices: int) -> dict[str, int]:
 
 def write_config(workdir: str, cfg):
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+        paths.write_text(paths.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _first_state(training: Training, mgr, latest: int | None, stage: stages.Stage, first_cfg):
@@ -162,6 +166,9 @@ def _log_sources(cfg):
                  "synthetic shapes" if sources["synthetic_shapes"] else "ArrayRecord",
                  sources["caption_mode"], sources["caption_field"],
                  f"{sources['eval']['num_used']} records" if sources["eval"] else "none")
+    if sources["eval"] is None:
+        logging.warning("No eval set: this run trains on its own data but evaluates nothing. Set "
+                        "--config.data.eval_path=<held-out ArrayRecord shards or tfds:<name>> to measure it.")
 
 
 class _StopSignal:
@@ -194,8 +201,47 @@ class Run:
     ids: recipes.SpecialIds
     total_steps: int
     staged: bool
+    profile: Profile
     last_train: dict = dataclasses.field(default_factory=dict)
     last_eval: dict = dataclasses.field(default_factory=dict)
+
+
+class Profile:
+    """`profile_steps` steps traced with `jax.profiler`, once per invocation, after the first compile:
+    `<workdir>/profile/plugins/profile/<time>/<host>.xplane.pb` (+ `.trace.json.gz`), which
+    TensorBoard's profile plugin and xprof open. Each process of a multi-host job traces its own
+    steps, under `profile/process_<i>` when there are several. On cloud storage the trace is
+    written locally, then copied to the workdir."""
+
+    def __init__(self, workdir: str, steps: int):
+        self.steps, self.left, self.tracing = steps, steps, False
+        self.target = paths.join(workdir, "profile", *([f"process_{jax.process_index()}"]
+                                                        if jax.process_count() > 1 else []))
+        self.local = self.target
+        if steps and paths.is_remote(workdir):
+            self.local = tempfile.mkdtemp(prefix="openvision2-profile-")
+
+    def before_step(self) -> None:
+        if self.left > 0 and not self.tracing:
+            jax.profiler.start_trace(self.local)
+            self.tracing = True
+
+    def after_step(self, state) -> None:
+        if self.tracing:
+            self.left -= 1
+            if self.left == 0:
+                self.finish(state)
+
+    def finish(self, state=None) -> None:
+        """Ends the trace (also when the run ends before `profile_steps` steps)."""
+        if not self.tracing:
+            return
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        self.tracing = False
+        if self.local != self.target:
+            paths.copy_tree(self.local, self.target)
+        logging.info("profile of %d steps written to %s", self.steps - self.left, self.target)
 
 
 class StageRun:
@@ -210,12 +256,15 @@ class StageRun:
         self.clock = StepClock()
 
     def save(self, step: int, state):
-        """Checkpoints the state with its data position: the step plus what defines the stage's stream."""
+        """Checkpoints the state with its data position: the step plus what defines the stage's stream.
+        The log goes first, so every event up to a checkpoint is stored before the checkpoint is."""
+        self.run.writer.sync(force=True)
         checkpoint.save(self.run.mgr, step, state, {"step": step, **_data_identity(self.stage)}, force=True)
 
     def evaluate(self, state, step: int) -> dict:
         out = self.evaluator.run(state["params"])
         self.run.writer.write(step, self._tag(out))
+        self.run.writer.sync(force=True)
         self.run.last_eval = out
         return out
 
@@ -251,7 +300,9 @@ class StageRun:
         stopped = False
         while step < until:
             batch = batch if batch is not None else next_batch()
+            self.run.profile.before_step()
             state, metrics = compiled(state, batch)
+            self.run.profile.after_step(state)
             batch, step = None, step + 1
             self.clock.tick()
             pending.push(step, metrics, log=due(step, cfg.log_every) or step == until)

@@ -1,35 +1,67 @@
-"""What a run writes about itself: `metrics.jsonl`, and the per-step bookkeeping behind it."""
+"""What a run writes about itself: `metrics.jsonl` and TensorBoard events, and the per-step
+bookkeeping behind them."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
+import uuid
 
 import jax
 import numpy as np
 
+from openvision2 import paths
+
 
 class MetricsWriter:
-    """metrics.jsonl, one JSON object per event, written by process 0 only."""
+    """What a run logs, written by process 0 only: `metrics.jsonl` (one JSON object per event, the
+    source of truth) and TensorBoard event files in `<workdir>/tensorboard/` (the same numbers).
 
-    def __init__(self, workdir: str, resume_step: int | None):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    On a resume, events past the restored step are dropped (those steps run again) along with a
+    line torn by a kill mid-write; TensorBoard is told to hide them too (`purge_step`).
+
+    On a local disk each event is appended as it is written. Object stores (`gs://`) have no
+    append, so there the log lives here and in a local spool, and `sync()` uploads whole objects:
+    every `sync_s` seconds while events come, and whenever the trainer asks (before each
+    checkpoint, after evals and stage events, at exit). Every event at or before a checkpoint is
+    therefore in the bucket before that checkpoint is, and a resume from it loses nothing.
+    """
+
+    def __init__(self, workdir: str, resume_step: int | None, sync_s: float = 30.0):
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.tensorboard_dir = paths.join(workdir, "tensorboard")
+        self.remote = paths.is_remote(workdir)
         self.active = jax.process_index() == 0
-        if self.active and resume_step is not None and os.path.exists(self.path):
-            # Drop events past the restored checkpoint (those steps run again) and a line
-            # torn by a kill mid-write.
-            kept = []
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["step"] <= resume_step:
-                            kept.append(line if line.endswith("\n") else line + "\n")
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
-            with open(self.path, "w") as f:
-                f.writelines(kept)
+        self.sync_s = sync_s
+        self._lines: list[str] = []  # on an object store: the whole log
+        self._dirty = False
+        self._synced = time.monotonic()
+        self._uploaded: dict[str, int] = {}  # spooled event file -> bytes uploaded
+        self._board = None
+        self._spool = None
+        if not self.active:
+            return
+        keep_until = resume_step or 0  # a run without a checkpoint starts again from step 0
+        kept = [line for line in self._read_lines() if _step(line) is not None and _step(line) <= keep_until]
+        if self.remote:
+            self._lines, self._dirty = kept, True
+            self.sync(force=True)
+        elif paths.exists(self.path):
+            paths.write_text(self.path, "".join(kept))
+        self._spool = tempfile.mkdtemp(prefix="openvision2-tensorboard-") if self.remote else None
+        from tensorboardX import SummaryWriter
+        # A suffix of its own: two invocations in one second would otherwise share a file name.
+        self._board = SummaryWriter(self._spool or self.tensorboard_dir, purge_step=keep_until + 1, flush_secs=30,
+                                    filename_suffix=f".{uuid.uuid4().hex[:8]}")
+
+    def _read_lines(self) -> list[str]:
+        if not paths.exists(self.path):
+            return []
+        return [line if line.endswith("\n") else line + "\n" for line in paths.read_text(self.path).splitlines()]
 
     def write(self, step: int, metrics: dict):
         if not self.active:
@@ -37,25 +69,72 @@ class MetricsWriter:
         row = {"step": int(step)}
         row.update({k: v if isinstance(v, (str, int)) else float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
                     for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            self._dirty = True
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._board.add_scalar(key, value, int(step))
+        self.sync()
 
     def event(self, step: int, fields: dict):
         """A non-metric event (e.g. a stage start), written once: a resume that
         re-enters the same point does not log it again."""
         if not self.has(step, fields):
             self.write(step, fields)
+            self.sync(force=True)
 
     def has(self, step: int, fields: dict) -> bool:
-        if not (self.active and os.path.exists(self.path)):
+        if not self.active:
             return False
         want = {"step": int(step), **json.loads(json.dumps(fields))}
-        with open(self.path) as f:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):
-                    if json.loads(line) == want:
-                        return True
+        for line in (self._lines if self.remote else self._read_lines()):
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line) == want:
+                    return True
         return False
+
+    def sync(self, force: bool = False) -> None:
+        """Makes what was written durable where the run lives: flushes the event files and, on an
+        object store, uploads the log and the event files that grew (at most every `sync_s` s
+        unless `force`)."""
+        if not self.active or (not force and time.monotonic() - self._synced < self.sync_s):
+            return
+        self._synced = time.monotonic()
+        if self._board is not None:
+            self._board.flush()
+        if not self.remote:
+            return
+        if self._dirty:
+            paths.write_text(self.path, "".join(self._lines))
+            self._dirty = False
+        if self._spool:
+            for name in os.listdir(self._spool):
+                local = os.path.join(self._spool, name)
+                size = os.path.getsize(local)
+                if self._uploaded.get(name) != size:
+                    paths.copy(local, paths.join(self.tensorboard_dir, name))
+                    self._uploaded[name] = size
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+        self.sync(force=True)
+        if self._spool:
+            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spool = None
+
+
+def _step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 class PendingStep:
