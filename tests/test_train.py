@@ -166,3 +166,51 @@ def test_profile_steps_writes_a_trace_that_parses(tmp_path):
     profile = ProfileData.from_file(str(traces[0]))
     calls = [e.name for plane in profile.planes for line in plane.lines for e in line.events]
     assert calls.count("CommonPjRtLoadedExecutable::Execute (jit_train_step)") == 3  # exactly the traced steps
+
+
+def _wandb_history(run_file: str) -> dict[int, dict]:
+    """step -> logged scalars, read from a W&B run file (a LevelDB-style log of W&B's protobuf
+    `Record`s after a 7-byte `:W&B` header; 32 KiB blocks, records split FULL/FIRST/MIDDLE/LAST)."""
+    import struct
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = open(run_file, "rb").read()
+    assert data[:4] == b":W&B"
+    pos, pending, history = 7, b"", {}
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                history.setdefault(record.history.step.num, {}).update(items)
+    return history
+
+
+def test_wandb_logs_the_metrics_into_one_run_per_workdir(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    workdir = str(tmp_path / "run")
+    cfg = lambda: tiny_train_cfg(tmp_path / "data", total_steps=5)
+    first = cfg()
+    first.wandb.update(project="openvision2-test", mode="offline")
+    train.train(first, workdir, stop_after_steps=3)
+    second = cfg()
+    second.wandb.update(project="openvision2-test", mode="offline")
+    train.train(second, workdir)
+    run_files = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2 and len({f.name for f in run_files}) == 1  # two invocations, one W&B run id
+    history = {}
+    for f in run_files:
+        history.update(_wandb_history(str(f)))
+    logged = {r["step"]: r for r in read_metrics(workdir) if "train/loss" in r}
+    assert sorted(history) == sorted(logged) == [1, 2, 3, 4, 5]
+    for step, row in logged.items():
+        np.testing.assert_allclose(history[step]["train/loss"], row["train/loss"], rtol=1e-6)
+    assert "eval/caption_exact_match" in history[5]

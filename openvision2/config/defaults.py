@@ -31,6 +31,9 @@ def run_config() -> ml_collections.ConfigDict:
     c.keep_every = 0
     c.async_checkpoints = True
     c.profile_steps = 0  # trace this many steps after the first compile into <workdir>/profile (jax.profiler)
+    # Weights & Biases beside metrics.jsonl and TensorBoard (pip install -e ".[wandb]"): "" project = off;
+    # mode "" = wandb's own (online), "offline" = local files for `wandb sync`.
+    c.wandb = ml_collections.ConfigDict({"project": "", "entity": "", "mode": ""})
     # Weights to start a fresh run from (ignored on resume); see openvision2/convert/init.py.
     c.init_from = ""  # encoder: HF SigLIP dir, timm dir/state dict, open_clip checkpoint
     c.init_decoder_from = ""  # decoder: HF Llama dir or .gguf (set text.vocab to its tokenizer)

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from openvision2 import paths
+from openvision2 import console, paths
 from openvision2.sweeps import grid, results
 
 REPO = grid.REPO
@@ -214,6 +214,7 @@ def report(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    console.start()  # the report sizes models (shapes only): no TPU probe on a machine without one
     try:
         if args.report:
             return report(args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import signal
 import tempfile
@@ -67,8 +68,9 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
             latest = mgr.latest_step()
             step = start = latest or 0
             until = total_steps if not stop_after_steps else min(total_steps, start + stop_after_steps)
-            run = Run(mesh, mgr, MetricsWriter(workdir, latest), stop, tokenizer, ids, total_steps, staged,
-                      Profile(workdir, int(cfg.profile_steps)))
+            writer = MetricsWriter(workdir, latest, wandb=cfg.wandb.to_dict(), config=json.loads(
+                cfg.to_json_best_effort()))
+            run = Run(mesh, mgr, writer, stop, tokenizer, ids, total_steps, staged, Profile(workdir, int(cfg.profile_steps)))
             _log_sources(cfg)
             t_start = time.perf_counter()
             first = 0 if latest is None else stages.stage_of_checkpoint(plan, latest)

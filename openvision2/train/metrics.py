@@ -4,6 +4,7 @@ bookkeeping behind them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,9 @@ class MetricsWriter:
     therefore in the bucket before that checkpoint is, and a resume from it loses nothing.
     """
 
-    def __init__(self, workdir: str, resume_step: int | None, sync_s: float = 30.0):
+    def __init__(self, workdir: str, resume_step: int | None, sync_s: float = 30.0, wandb=None, config: dict | None = None):
+        """`wandb` (the config's `wandb` block): with a `project`, the same scalars also go to Weights &
+        Biases, into one W&B run per workdir (a resume continues it); `config` is logged with it."""
         self.path = paths.join(workdir, "metrics.jsonl")
         self.tensorboard_dir = paths.join(workdir, "tensorboard")
         self.remote = paths.is_remote(workdir)
@@ -43,6 +46,7 @@ class MetricsWriter:
         self._uploaded: dict[str, int] = {}  # spooled event file -> bytes uploaded
         self._board = None
         self._spool = None
+        self._wandb = None
         if not self.active:
             return
         keep_until = resume_step or 0  # a run without a checkpoint starts again from step 0
@@ -57,6 +61,8 @@ class MetricsWriter:
         # A suffix of its own: two invocations in one second would otherwise share a file name.
         self._board = SummaryWriter(self._spool or self.tensorboard_dir, purge_step=keep_until + 1, flush_secs=30,
                                     filename_suffix=f".{uuid.uuid4().hex[:8]}")
+        if wandb is not None and wandb.get("project"):
+            self._wandb = _wandb_run(workdir, wandb, config)
 
     def _read_lines(self) -> list[str]:
         if not paths.exists(self.path):
@@ -76,9 +82,11 @@ class MetricsWriter:
         else:
             with open(self.path, "a") as f:
                 f.write(line)
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._board.add_scalar(key, value, int(step))
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, value in scalars.items():
+            self._board.add_scalar(key, value, int(step))
+        if self._wandb is not None and scalars:
+            self._wandb.log(scalars, step=int(step))
         self.sync()
 
     def event(self, step: int, fields: dict):
@@ -124,10 +132,27 @@ class MetricsWriter:
         if self._board is not None:
             self._board.close()
             self._board = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         self.sync(force=True)
         if self._spool:
             shutil.rmtree(self._spool, ignore_errors=True)
             self._spool = None
+
+
+def _wandb_run(workdir: str, settings, config: dict | None):
+    """The W&B run of this workdir: its id is derived from the workdir, so every invocation (a
+    resume, another host's restart) logs into the same run."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("--config.wandb.project is set but wandb is not installed: pip install -e '.[wandb]' "
+                          "(or --config.wandb.project='' to log without it).") from e
+    local = paths.resolve(workdir) if not paths.is_remote(workdir) else tempfile.mkdtemp(prefix="openvision2-wandb-")
+    return wandb.init(project=settings["project"], entity=settings.get("entity") or None,
+                      name=paths.basename(paths.resolve(workdir)), id=hashlib.sha1(workdir.encode()).hexdigest()[:16],
+                      resume="allow", config=config, dir=local, mode=settings.get("mode") or None)
 
 
 def _step(line: str) -> int | None:
