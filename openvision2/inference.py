@@ -43,14 +43,20 @@ def run_command(main, doc: str) -> None:
     app.run(quiet_main)
 
 
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its `config.json`, every stage)."""
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by openvision2.train.")
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+
+
 class TrainedRun:
 
-    def __init__(self, workdir: str, step: int | None = None):
-        path = paths.join(workdir, "config.json")
-        if not paths.exists(path):
-            raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by openvision2.train.")
+    def __init__(self, workdir: str, step: int | None = None, cfg: ml_collections.ConfigDict | None = None):
+        """`cfg`: the run's config as read by `run_config` (default), possibly overridden."""
         # A curriculum's model is what its last stage trained (resolution, tokenizer...).
-        self.cfg = stages.final_config(ml_collections.ConfigDict(json.loads(paths.read_text(path))))
+        self.cfg = stages.final_config(run_config(workdir) if cfg is None else cfg)
         self.recipe = recipes.get(self.cfg.objective)
         self.params, self.step = checkpoint.restore_params(workdir, step)
         self.tokenizer = get_tokenizer(self.cfg.text.vocab)

@@ -125,7 +125,8 @@ def test_a_run_on_gs_killed_and_resumed_matches_an_uninterrupted_one(gcs_bucket,
              "--config.log_every=1", "--config.eval_every=0", "--config.optim.warmup_steps=4",
              f"--config.data.path={_upload_shapes(tmp_path, gcs_bucket, 'train', 512, 1)}",
              f"--config.data.eval_path={_upload_shapes(tmp_path, gcs_bucket, 'eval', 64, 2)}",
-             "--config.data.num_eval=64", "--config.eval_batch_size=64", "--config.data.prefetch=0"]
+             "--config.data.num_eval=64", "--config.eval_batch_size=64", "--config.data.prefetch=0",
+             "--config.run_evals=False"]
     train = lambda workdir: subprocess.Popen(
         [sys.executable, "-m", "openvision2.train", f"--workdir={workdir}", *flags], cwd=ROOT, env=_env(tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -20,7 +20,8 @@ TINY = ["--config.model.encoder=mu/8,width=32,depth=2,heads=2", "--config.model.
         "--config.batch_size=8", "--config.eval_batch_size=16", "--config.total_steps=10", "--config.log_every=1",
         "--config.checkpoint_every=5", "--config.optim.warmup_steps=1", "--config.data.prefetch=0",
         "--config.data.num_eval=16", "--config.data.shapes.num_train=64", "--config.data.shapes.num_eval=16",
-        "--config.data.shapes.image_size=32", "--config.image_size=32", "--config.model.scan_layers=true"]
+        "--config.data.shapes.image_size=32", "--config.image_size=32", "--config.model.scan_layers=true",
+        "--config.run_evals=False"]
 
 
 def _env(tmp_path, devices_per_process: int):

@@ -16,7 +16,7 @@ TINY = ["--config=configs/demo.py", "--config.model.encoder=mu/8,width=32,depth=
         "--config.model.decoder=mu,width=32,depth=2,heads=4", "--config.batch_size=8", "--config.eval_batch_size=16",
         "--config.log_every=1", "--config.optim.warmup_steps=2", "--config.data.prefetch=0",
         "--config.data.num_eval=16", "--config.data.shapes.num_train=64", "--config.data.shapes.num_eval=16",
-        "--config.data.shapes.image_size=32", "--config.image_size=32"]
+        "--config.data.shapes.image_size=32", "--config.image_size=32", "--config.run_evals=False"]
 
 
 def _env(tmp_path, devices: int):

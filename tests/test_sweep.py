@@ -297,7 +297,7 @@ def test_unwritable_root_and_bad_sweep_files_fail_with_a_message(tmp_path, capsy
 TINY = {"model.encoder": "mu/8,width=32,depth=2,heads=2", "model.decoder": "mu,width=32,depth=2,heads=4",
         "batch_size": 8, "eval_batch_size": 16, "total_steps": 6, "checkpoint_every": 3, "log_every": 1,
         "optim.warmup_steps": 2, "data.prefetch": 0, "data.num_eval": 16, "data.shapes.num_train": 64,
-        "data.shapes.num_eval": 16, "data.shapes.image_size": 32, "image_size": 32}
+        "data.shapes.num_eval": 16, "data.shapes.image_size": 32, "image_size": 32, "run_evals": False}
 
 
 @pytest.mark.slow

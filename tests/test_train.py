@@ -35,6 +35,7 @@ def tiny_train_cfg(data_dir, **overrides):
     cfg.data.prefetch = 0
     cfg.data.num_eval = 16
     cfg.data.shapes.update(num_train=64, num_eval=16, image_size=32, dir=str(data_dir))
+    cfg.run_evals = False  # the evaluators have their own tests (tests/test_evals.py)
     for k, v in overrides.items():
         cfg[k] = v
     return cfg

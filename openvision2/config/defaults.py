@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from openvision2 import recipes
+from openvision2.evals import registry as eval_registry
 
 
 def run_config() -> ml_collections.ConfigDict:
@@ -25,7 +26,10 @@ def run_config() -> ml_collections.ConfigDict:
     c.image_size = 224
     c.keep_ratio = 0.35  # visual tokens that reach the decoder (recipes that drop tokens; 1.0 = all)
     c.log_every = 50
-    c.eval_every = 0  # 0 = only at the end
+    c.eval_every = 0  # the held-out eval (data.eval_path): 0 = only at the end
+    # `evals`: named evaluators (openvision2/evals/), each {type, every, data, ...}: the recipe's
+    # defaults (`Recipe.default_evals`), completed with their type's keys; see `add_eval`.
+    c.run_evals = True  # False: training runs only the held-out eval (openvision2.evaluate runs `evals`)
     c.checkpoint_every = 1000
     c.keep_checkpoints = 2
     c.keep_every = 0
@@ -127,7 +131,30 @@ def set_recipe(c: ml_collections.ConfigDict, name: str) -> ml_collections.Config
             _drop_missing(c, recipes.get(c.objective).defaults(), new)
         c.objective = name
         _add_missing(c, new)
+        c.evals = recipe_evals(name)
     return c
+
+
+def eval_entry(type_name: str, **options) -> ml_collections.ConfigDict:
+    """One `config.evals` entry: every key of its type at its default, then `options`."""
+    entry = ml_collections.ConfigDict(eval_registry.defaults(type_name))
+    for key, value in options.items():
+        if key not in entry:
+            raise KeyError(f"evaluator type {type_name!r} has no key {key!r}; it has {sorted(entry)}.")
+        entry[key] = value
+    return entry
+
+
+def add_eval(c: ml_collections.ConfigDict, name: str, type_name: str, **options) -> None:
+    """Adds (or replaces) evaluator `name`: `add_eval(c, "imagenet", "zeroshot", data="/data/val")`."""
+    with c.unlocked():
+        c.evals[name] = eval_entry(type_name, **options)
+
+
+def recipe_evals(name: str) -> ml_collections.ConfigDict:
+    """The evaluators a run of recipe `name` has unless its config says otherwise."""
+    return ml_collections.ConfigDict({k: eval_entry(v.pop("type"), **v)
+                                      for k, v in recipes.get(name).default_evals().items()})
 
 
 def complete(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -138,6 +165,10 @@ def complete(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     with cfg.unlocked():
         _add_missing(cfg, run_config().to_dict())
         _add_missing(cfg, recipes.get(cfg.objective).defaults())
+        if "evals" not in cfg:  # a config that removed evaluators keeps them removed
+            cfg.evals = recipe_evals(cfg.objective)
+        for entry in cfg.evals.values():
+            _add_missing(entry, eval_registry.defaults(entry.type))
     return cfg
 
 
@@ -174,6 +205,10 @@ def at_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.workers = 8
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.log_every, c.checkpoint_every, c.eval_every = 100, 2_000, 0
+    # The generated shapes sets measure nothing about a web-scale encoder: add real ones
+    # (`add_eval`); the real-image linear probes stay.
+    for name in [k for k, v in c.evals.items() if v.data.startswith("shapes_")]:
+        del c.evals[name]
     return c
 
 

@@ -67,26 +67,30 @@ class TfdsSource:
     def example(self, index: int) -> tuple[np.ndarray, str]:
         """ValueError if the example lacks the image or caption, or they are unusable."""
         ex = self.source[index]
-        image = np.asarray(_lookup(ex, self.image_key, index))
+        image = np.asarray(lookup(ex, self.image_key, index))
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
         if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or image.dtype != np.uint8:
             raise ValueError(f"example {index}: {self.image_key!r} is {image.dtype} {image.shape}, not a uint8 image")
         if image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
-        return image[..., :3], _first_text(_lookup(ex, self.caption_key, index), index, self.caption_key)
+        return image[..., :3], _first_text(lookup(ex, self.caption_key, index), index, self.caption_key)
 
     def describe(self) -> str:
         return f"TFDS {self.name} [{self.split}]"
 
 
-def _lookup(example, key: str, index: int):
+TRAIN_KEYS_HINT = "--config.data.tfds_image_key / --config.data.tfds_caption_key"
+
+
+def lookup(example, key: str, index: int, keys_hint: str = TRAIN_KEYS_HINT):
+    """The (`/`-nested) feature `key` of an example; a missing one names the keys to set."""
     value = example
     for part in key.split("/"):
         if not isinstance(value, dict) or part not in value:
             have = sorted(value) if isinstance(value, dict) else type(value).__name__
-            raise ValueError(f"example {index} has no feature {key!r} (at {part!r}: has {have}); set "
-                             "--config.data.tfds_image_key / --config.data.tfds_caption_key to the dataset's names")
+            raise ValueError(f"TFDS example {index} has no feature {key!r} (at {part!r}: has {have}); set "
+                             f"{keys_hint} to the dataset's feature names")
         value = value[part]
     return value
 

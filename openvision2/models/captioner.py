@@ -50,6 +50,15 @@ class Captioner(PrefixCaptioning, nn.Module):
             raise ValueError("this captioner reads whole images; it has no region prefix")
         return self.visual_prefix(self.encode(images_uint8)["prenorm"])
 
+    def caption_context(self, images_uint8):
+        """What scoring captions of an image starts from (encoded once, every visual token)."""
+        return self.caption_prefix(images_uint8)
+
+    def caption_logits(self, context, text):
+        """Teacher-forced logits predicting `text[:, 1:]` after `caption_context`."""
+        prefix, pos = context
+        return self.decode_text(prefix, pos, text[:, :-1], prefix.shape[1])
+
     def __call__(self, images_uint8, text_in, keep_idx=None):
         enc = self.encode(images_uint8)
         prefix, pos = self.visual_prefix(enc["prenorm"], keep_idx)
@@ -69,6 +78,9 @@ class _TowerEmbeddings:
 
     def embed_pooled(self, pooled):
         return self.head.image(pooled)
+
+    def embed_images(self, images_uint8):
+        return self.embed_pooled(self.encode(images_uint8)["pooled"])
 
 
 class OpenVisionV1(_TowerEmbeddings, Captioner):

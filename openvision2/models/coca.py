@@ -115,6 +115,19 @@ class CoCa(nn.Module):
     def embed_texts(self, text):
         return self.head.text(self._unimodal(text)[2])
 
+    def embed_images(self, images_uint8):
+        return self.embed_pooled_tokens(self.encode(images_uint8)["tokens"])
+
+    def caption_context(self, images_uint8):
+        """The pooled image queries the multimodal layers cross-attend to (encoded once)."""
+        return self.image_context(self.encode(images_uint8)["tokens"])
+
+    def caption_logits(self, context, text):
+        """Teacher-forced logits predicting `text[:, 1:]` given `caption_context`."""
+        h, positions, _ = self._unimodal(text)
+        h, _ = run_stack(self.multimodal, h[:, :-1], positions[:, :-1], context=context)
+        return self._logits(h)
+
     def _logits(self, h):
         return layers.constrain(self.lm_head(self.ln_final(h)), ("act_batch", "act_len", "act_vocab"))
 

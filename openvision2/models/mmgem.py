@@ -126,6 +126,17 @@ class MMGEM(PrefixCaptioning, nn.Module):
         emb = self.h1(tokens.mean(axis=1))
         return self.h4(emb) if region else emb
 
+    def embed_images(self, images_uint8):
+        return self.embed_vision(self.vision_tokens(self.feature_grid(images_uint8)))
+
+    def caption_context(self, images_uint8):
+        """The whole-image caption prefix (encoded once)."""
+        return self.caption_prefix(images_uint8)
+
+    def caption_logits(self, context, text):
+        """Teacher-forced logits predicting `text[:, 1:]` after `caption_context`."""
+        return self.decode_text(*context, text[:, :-1])
+
     def embed_texts(self, text):
         """h2 of the last hidden state at `[EMB]`, which replaces the caption's `[eos]`."""
         eos = eos_positions(text, self.eos_id)

@@ -22,6 +22,12 @@ The objective a recipe returns implements:
 - `embed(model, params, batch[, region]) -> (image, text)` (recipes that embed): L2-normalised
   embeddings for retrieval.
 
+Evaluators (`openvision2/evals/`) call the models' own methods: `embed_images(images)` and
+`embed_texts(tokens)` (recipes that embed; the text is `embed_text_len(cfg)` tokens), and
+`caption_context(images)` / `caption_logits(context, text)` (recipes that caption: the image
+encoded once, then any number of captions scored after it). `default_evals()` names the
+evaluators a recipe's runs measure themselves with unless the config says otherwise.
+
 Nothing outside `openvision2/recipes/` names a recipe: it asks the recipe instead.
 """
 
@@ -69,6 +75,25 @@ class Recipe:
     def defaults(self) -> dict:
         """The config keys this recipe reads beyond the run-level ones, nested, at their defaults."""
         return {}
+
+    def embed_text_len(self, cfg) -> int:
+        """Tokens per text the model's text embedding reads (recipes that embed)."""
+        return int(cfg.text.max_len)
+
+    def default_evals(self) -> dict:
+        """`config.evals` of a run of this recipe: the built-in offline sets, each measured at the
+        end of every stage (a config replaces or extends them; `every=-1` turns one off)."""
+        evals = {}
+        if self.captions or self.embeds:  # a contrastive captioner is measured both ways
+            evals["zeroshot"] = {"type": "zeroshot", "data": "shapes_classes",
+                                 "method": "both" if self.captions and self.embeds else "auto"}
+        if self.embeds:
+            evals["retrieval"] = {"type": "retrieval", "data": "shapes_captions"}
+        if self.captions:
+            evals["captioning"] = {"type": "captioning", "data": "shapes_captions"}
+        evals["digits"] = {"type": "linear_probe", "data": "digits"}
+        evals["faces"] = {"type": "linear_probe", "data": "lfw"}
+        return evals
 
     def has_regions(self, cfg) -> bool:
         """Whether `cfg` trains (and evaluates) at the region level."""

@@ -25,6 +25,9 @@ class Clip(Recipe):
     def views(self, cfg):
         return parts.text_tower_views(cfg)
 
+    def embed_text_len(self, cfg) -> int:
+        return parts.text_max_len(cfg)
+
     def build_model(self, cfg, ids: SpecialIds, mode: str = "train"):
         return captioner.TwoTower(encoder=parts.vit(cfg), text_encoder=parts.text_encoder(cfg, ids.eos),
                                   head=parts.contrastive_head(cfg, self.own_loss))

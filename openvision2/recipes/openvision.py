@@ -29,6 +29,9 @@ class OpenVision(Captioning):
     def views(self, cfg):
         return parts.text_tower_views(cfg)
 
+    def embed_text_len(self, cfg) -> int:
+        return parts.text_max_len(cfg)
+
     def build_model(self, cfg, ids: SpecialIds, mode: str = "train"):
         return captioner.OpenVisionV1(**parts.prefix_captioner(cfg, mode), text_encoder=parts.text_encoder(cfg, ids.eos),
                                       head=parts.contrastive_head(cfg, "softmax"))

@@ -118,8 +118,10 @@ def result_row(root: str, entry: dict, varied: list[str]) -> dict:
     row = {"name": entry["name"], "status": status.state, **{k: entry["overrides"].get(k, "") for k in varied},
            "step": step, "total_steps": int(cfg.total_steps),
            "train/loss": train[-1]["train/loss"] if train else ""}
-    if evals:
-        row.update({"eval_step": evals[-1]["step"], **{k: v for k, v in evals[-1].items() if k.startswith("eval/")}})
+    if evals:  # every eval metric at its latest value (evaluators may run at different cadences)
+        row["eval_step"] = evals[-1]["step"]
+        for r in evals:
+            row.update({k: v for k, v in r.items() if k.startswith("eval/")})
     for key in ("perf/images_per_s", "perf/mfu"):  # medians: robust to the slow first interval after a resume
         values = [r[key] for r in train if key in r]
         row[key] = statistics.median(values) if values else ""
@@ -158,8 +160,10 @@ def write_csv(rows: list[dict], path: str):
     paths.write_text(path, out.getvalue())
 
 
-def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "") -> int:
-    """Final eval loss vs FLOPs seen, log-log; returns the number of points drawn.
+def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "", metric: str = "eval/loss") -> int:
+    """A final eval metric (default the held-out loss) vs FLOPs seen, log x; losses and
+    perplexities on a log y axis, accuracies and scores on a linear one. Returns the number of
+    points drawn.
 
     The last varied key runs along each line; every combination of the other
     varied keys is its own line (e.g. one line per encoder across keep ratios).
@@ -177,11 +181,11 @@ def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "") -
     labels = {e["name"]: e["labels"] for e in manifest["points"]}
     lines: dict[str, list] = {}
     for row in rows:
-        if row["status"] != "finished" or row.get("eval/loss", "") == "":
+        if row["status"] != "finished" or row.get(metric, "") == "":
             continue
         lab = labels[row["name"]]
         line = ",".join(f"{aliases[k]}={lab[k]}" for k in outer if k in lab) or (aliases.get(inner) or "all")
-        lines.setdefault(line, []).append((row["flops_seen"], row["eval/loss"], lab.get(inner, "")))
+        lines.setdefault(line, []).append((row["flops_seen"], float(row[metric]), lab.get(inner, "")))
     if not lines:
         return 0
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -193,12 +197,15 @@ def plot_scaling(rows: list[dict], manifest: dict, path: str, title: str = "") -
                 ax.annotate(f"{aliases[inner]}={lab}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.margins(0.1)  # room for the point labels
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        axis_formatter(FormatStrFormatter("%.3g"))  # losses span well under a decade: label the minor ticks
+    lossy = metric.endswith(("loss", "perplexity"))
+    if lossy:
+        ax.set_yscale("log")
+        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_formatter(FormatStrFormatter("%.3g"))  # losses span well under a decade: label the minor ticks
+    what = "final eval loss" if metric == "eval/loss" else f"final {metric}"
     ax.set_xlabel("training compute (FLOPs seen = model FLOPs/step x steps)")
-    ax.set_ylabel("final eval loss")
-    ax.set_title(title or "final eval loss vs training compute", fontsize=10)
+    ax.set_ylabel(what)
+    ax.set_title(title or f"{what} vs training compute", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title=",".join(aliases[k] for k in outer) or None, fontsize=8)
     fig.tight_layout()

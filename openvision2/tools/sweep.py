@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--parallel", type=int, default=1, help="local: points running at once.")
     p.add_argument("--dry-run", action="store_true", help="Print the commands of unfinished points; run nothing.")
     p.add_argument("--report", action="store_true", help="Write <root>/results.csv and <root>/scaling.png.")
+    p.add_argument("--metric", default="eval/loss",
+                   help="--report: the results.csv column scaling.png plots against compute, e.g. "
+                        "eval/zeroshot/top1 or eval/digits/10shot (default: the held-out loss).")
     p.add_argument("--tpu", help="tpu: TPU VM name.")
     p.add_argument("--zone", help="tpu: zone.")
     p.add_argument("--project", help="tpu: GCP project (default: gcloud's).")
@@ -203,10 +206,17 @@ def report(args) -> int:
     manifest = grid.load(args.config).manifest() if args.config else results.load_manifest(root)
     rows = results.collect_results(root, manifest)
     results.write_csv(rows, paths.join(root, "results.csv"))
+    metric = args.metric
+    columns = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    if rows and metric not in columns and any(r["status"] == "finished" for r in rows):
+        print(f"error: no point has {metric!r}; results.csv has {', '.join(columns) or 'no eval column'}",
+              file=sys.stderr)
+        return 2
+    what = "final eval loss" if metric == "eval/loss" else metric
     drawn = results.plot_scaling(rows, manifest, paths.join(root, "scaling.png"),
-                                   f"{os.path.basename(manifest['spec'].split(':')[0])}: final eval loss vs compute")
+                                 f"{os.path.basename(manifest['spec'].split(':')[0])}: {what} vs compute", metric)
     for row in rows:
-        print(f"{row['name']:<32} {row['status']:<10} step {row['step']:>6}  eval/loss {row.get('eval/loss', '')}")
+        print(f"{row['name']:<32} {row['status']:<10} step {row['step']:>6}  {metric} {row.get(metric, '')}")
     print(f"wrote {root}/results.csv ({len(rows)} rows)" +
           (f" and {root}/scaling.png ({drawn} points)" if drawn else "; no finished point to plot yet"))
     return 0

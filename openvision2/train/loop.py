@@ -29,6 +29,7 @@ from openvision2.convert import init as convert_init
 from openvision2.data import pipeline
 from openvision2.data.tokenizer import get_tokenizer
 from openvision2.evals.heldout import Evaluator
+from openvision2.evals.suite import Suite
 from openvision2.train import carry, checkpoint, optim, perf
 from openvision2.train.metrics import MetricsWriter, PendingStep, StepClock, due, fmt_time
 from openvision2.train.state import Training
@@ -93,7 +94,7 @@ def train(cfg, workdir: str, stop_after_steps: int = 0) -> dict:
                 # the stage was closed.
                 if step == stage.end and step > start:
                     if staged or step == total_steps:
-                        stage_run.evaluate(state, step)
+                        stage_run.evaluate(state, step, stage_end=True)
                     if staged:
                         run.writer.event(step, _stage_event(stage, "end"))
                     stage_run.save(step, state)
@@ -255,6 +256,8 @@ class StageRun:
         self.stream = training.recipe.stream(self.cfg, seed=stage.data_seed)
         self.evaluator = Evaluator(self.cfg, training.recipe, training.model, training.objective, run.tokenizer,
                                    run.ids, run.mesh)
+        self.suite = (Suite(self.cfg, training.recipe, run.ids, run.tokenizer, run.mesh) if self.cfg.run_evals
+                      else None)
         self.clock = StepClock()
 
     def save(self, step: int, state):
@@ -263,8 +266,13 @@ class StageRun:
         self.run.writer.sync(force=True)
         checkpoint.save(self.run.mgr, step, state, {"step": step, **_data_identity(self.stage)}, force=True)
 
-    def evaluate(self, state, step: int) -> dict:
-        out = self.evaluator.run(state["params"])
+    def evaluate(self, state, step: int, stage_end: bool = False, heldout: bool = True) -> dict:
+        """The held-out eval (when `heldout`) and the evaluators due at `step`, logged as one row."""
+        out = self.evaluator.run(state["params"]) if heldout else {}
+        if self.suite is not None:
+            out.update(self.suite.run(state["params"], self.suite.due(step, stage_end)))
+        if not out:
+            return out
         self.run.writer.write(step, self._tag(out))
         self.run.writer.sync(force=True)
         self.run.last_eval = out
@@ -310,9 +318,10 @@ class StageRun:
             pending.push(step, metrics, log=due(step, cfg.log_every) or step == until)
             stopped = self.run.stop.requested(mgr, step)
             inside = step < self.stage.end  # the stage's last step is evaluated and saved by its end
-            if inside and due(step, cfg.eval_every):
+            heldout = due(step, cfg.eval_every)
+            if inside and (heldout or (self.suite is not None and self.suite.due(step))):
                 pending.flush()
-                self.evaluate(state, step)
+                self.evaluate(state, step, heldout=heldout)
                 self.clock.restart()
             if inside and (due(step, cfg.checkpoint_every) or stopped):
                 pending.flush()  # never checkpoint a state whose loss was not finite
