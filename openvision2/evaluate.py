@@ -97,7 +97,10 @@ def main(argv):
     tokenizer = get_tokenizer(cfg.text.vocab)
     mesh = parallel.make_mesh({"dcn_data": 1, "data": 1, "fsdp": 1, "tensor": 1}, jax.local_devices()[:1])
     names = [n for n in FLAGS.evals.split(",") if n] if FLAGS.evals else None
-    suite = Suite(cfg, recipe, recipes.SpecialIds.of(tokenizer), tokenizer, mesh, names)
+    try:
+        suite = Suite(cfg, recipe, recipes.SpecialIds.of(tokenizer), tokenizer, mesh, names)
+    except ValueError as e:  # an unknown evaluator name or type, a bad option: the message says which
+        sys.exit(f"error: {e}")
     for name, reason in suite.skipped.items():
         print(json.dumps({"eval": name, "skipped": reason}), flush=True)
     for ev in suite.evaluators:
