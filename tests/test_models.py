@@ -173,3 +173,20 @@ def test_grouped_query_attention_and_tied_embeddings_shapes():
     assert logits.shape == (2, 5, 40)
     assert p["blocks"]["k"]["kernel"].shape == (1, 32, 8)  # one 8-wide kv head
     assert "lm_head" not in p
+
+
+def test_several_tokens_decoded_at_once_against_a_cache_attend_causally():
+    """Decode mode with t > 1 new tokens (a prefix cached once, then a whole continuation) gives the
+    logits of one uncached forward pass over prefix + continuation."""
+    from openvision2.models.decoder import pad_cache
+
+    size = sizes.decoder_size("mu,width=32,depth=2,heads=4")
+    kw = dict(vocab_size=40, kv_heads=2)
+    full = Decoder(size, mode="train", **kw)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+    pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    params = full.init(jax.random.key(1), x, pos)["params"]
+    want, _ = full.apply({"params": params}, x, pos)
+    _, cache = Decoder(size, mode="prefill", **kw).apply({"params": params}, x[:, :5], pos[:, :5])
+    got, _ = Decoder(size, mode="decode", **kw).apply({"params": params}, x[:, 5:], pos[:, 5:], pad_cache(cache, 9), 5)
+    np.testing.assert_allclose(got, want[:, 5:], rtol=1e-5, atol=1e-5)

@@ -55,7 +55,9 @@ class DecoderBlock(nn.Module):
             ck, cv = cache
             ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            valid = jnp.arange(ck.shape[1]) < cache_index + t
+            # New token i (at cache slot cache_index + i) sees the cache and the new tokens up to itself,
+            # so several tokens decoded at once attend causally, as in one forward pass.
+            valid = jnp.arange(ck.shape[1])[None, :] <= cache_index + jnp.arange(t)[:, None]
             y = layers.attention(q, ck, cv, causal=False, implementation=None,
                                  mask=jnp.broadcast_to(valid, (b, 1, t, ck.shape[1])))
             new_cache = (ck, cv)
