@@ -91,7 +91,8 @@ class Evaluator:
         return self._data
 
     def run(self, params) -> dict:
-        raise NotImplementedError
+        """{metric: float} of `params` on this evaluator's set: what every evaluator type defines."""
+        raise NotImplementedError(f"evaluator type {self.type!r} ({type(self).__qualname__}) does not define run()")
 
     # --- feeding a set through jitted functions ------------------------------------------------------
 

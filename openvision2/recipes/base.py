@@ -126,15 +126,15 @@ class Recipe:
 
     def build_model(self, cfg, ids: SpecialIds, mode: str = "train"):
         """The flax module `cfg` trains; `mode` (train | prefill | decode) matters to captioning models."""
-        raise NotImplementedError
+        raise NotImplementedError(f"recipe {self.name!r} ({type(self).__qualname__}) does not define build_model()")
 
     def objective(self, cfg, ids: SpecialIds):
-        raise NotImplementedError
+        raise NotImplementedError(f"recipe {self.name!r} ({type(self).__qualname__}) does not define objective()")
 
     def train_flops(self, cfg) -> float:
         """Model FLOPs of one training step (forward + backward = 3x forward). Remat recomputation is
         not model work and is not counted, as is usual for MFU."""
-        raise NotImplementedError
+        raise NotImplementedError(f"recipe {self.name!r} ({type(self).__qualname__}) does not define train_flops()")
 
     def init_params(self, model, cfg, rng):
         """Initial parameters (boxed with logical axis metadata): the model's `initialise` on a
